@@ -1,0 +1,34 @@
+"""Where the package's data (launch/, config/, models/, calibration/) lives.
+
+Installed by colcon, data sits in ``<prefix>/share/ros_vla``; in a source checkout
+(the venv used by ``make demo``/``make test``) it is the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE = "ros_vla"
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_share() -> Path:
+    """Directory holding launch/, config/, models/ and calibration/."""
+    if (_SOURCE_ROOT / "launch").is_dir() and (_SOURCE_ROOT / "package.xml").is_file():
+        return _SOURCE_ROOT
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        share = Path(prefix) / "share" / PACKAGE
+        if (share / "launch").is_dir():
+            return share
+    raise FileNotFoundError(
+        f"cannot find the {PACKAGE} share directory: not a source checkout and not in AMENT_PREFIX_PATH"
+    )
+
+
+def config_file(name: str) -> Path:
+    return package_share() / "config" / name
+
+
+def launch_file(name: str) -> Path:
+    return package_share() / "launch" / name

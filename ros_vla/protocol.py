@@ -1,0 +1,77 @@
+"""The stack's own messages: JSON payloads on std_msgs/String where no standard type fits.
+
+Every payload is a JSON object. `decode` validates the fields each kind needs and raises
+ProtocolError with a readable message, so a node can refuse bad input instead of crashing.
+
+Topics (relative names; the launch files put them in the root namespace):
+
+| topic                     | type               | payload                                              |
+|---------------------------|--------------------|------------------------------------------------------|
+| /instruction              | String             | plain text from a person                             |
+| task/status               | String (JSON)      | TaskStatus: {id, instruction, state, message, plan, step} |
+| skill/request             | String (JSON)      | {id, skill, text, args}                              |
+| skill/result              | String (JSON)      | {id, success, message}                               |
+| arm/pick_place            | String (JSON)      | {id, frame, pick:{xyz,yaw}, place:{xyz,yaw}}         |
+| arm/pose_goal             | PoseStamped        | TCP pose target, frame fr3_link0                     |
+| arm/ee_delta              | TransformStamped   | TCP displacement (frame fr3_link0), one per control period |
+| arm/joint_trajectory      | JointTrajectory    | joint-space request, checked then forwarded          |
+| arm/result                | String (JSON)      | {id, success, message, gripper_width_m}              |
+| arm/status, base/status   | String (JSON)      | {state, message, ...}                                |
+| base/goto                 | String             | station name (config: stations)                      |
+| base/cmd_vel              | TwistStamped       | base velocity request, limited then sent to /cmd_vel |
+| /fr3_gripper/command      | Float64            | gripper opening width in metres (0 = grasp)          |
+| /sim/ground_truth/objects | String (JSON)      | sim only: {stamp, frame, base_pose, objects:[...]}   |
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TASK_STATES = ("received", "executing", "succeeded", "failed", "refused", "stopped")
+TERMINAL_TASK_STATES = ("succeeded", "failed", "refused", "stopped")
+MAX_INSTRUCTION_CHARS = 500
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+_REQUIRED = {
+    "task_status": {"id": str, "instruction": str, "state": str, "message": str},
+    "skill_request": {"id": str, "skill": str, "text": str, "args": dict},
+    "skill_result": {"id": str, "success": bool, "message": str},
+    "pick_place": {"id": str, "frame": str, "pick": dict, "place": dict},
+    "arm_result": {"id": str, "success": bool, "message": str},
+    "ground_truth": {"frame": str, "base_pose": list, "objects": list},
+}
+
+
+def encode(kind: str, payload: dict[str, Any]) -> str:
+    decode(kind, json.dumps(payload))
+    return json.dumps(payload, separators=(",", ":"))
+
+
+def decode(kind: str, text: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ProtocolError(f"{kind}: not JSON ({err})") from err
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"{kind}: expected a JSON object")
+    for field, expected in _REQUIRED[kind].items():
+        if field not in payload:
+            raise ProtocolError(f"{kind}: missing field '{field}'")
+        if not isinstance(payload[field], expected):
+            raise ProtocolError(f"{kind}: field '{field}' must be {expected.__name__}")
+    if kind == "pick_place":
+        for key in ("pick", "place"):
+            target = payload[key]
+            xyz = target.get("xyz")
+            if not (isinstance(xyz, list) and len(xyz) == 3 and all(isinstance(v, (int, float)) for v in xyz)):
+                raise ProtocolError(f"pick_place: '{key}.xyz' must be three numbers")
+            if not isinstance(target.get("yaw", 0.0), (int, float)):
+                raise ProtocolError(f"pick_place: '{key}.yaw' must be a number")
+    if kind == "task_status" and payload["state"] not in TASK_STATES:
+        raise ProtocolError(f"task_status: unknown state '{payload['state']}'")
+    return payload
