@@ -20,6 +20,7 @@ def data_tree(folder):
 
 NODES = [
     "sim_bridge_node",
+    "sim_camera_node",
     "arm_motion_node",
     "base_motion_node",
     "instruction_node",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
@@ -67,7 +70,7 @@ def run_node(factory: Callable[[], Node], threads: int = 2, args=None) -> int:
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads)
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -81,6 +84,25 @@ def run_node(factory: Callable[[], Node], threads: int = 2, args=None) -> int:
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0
+
+
+def start_worker(node: Node, target: Callable[[], None], name: str) -> threading.Thread:
+    """Run a node's worker loop in a thread. A worker that dies takes the process with it
+    (exit code 1), so launch respawn or the operator sees it instead of a silent zombie."""
+
+    def guarded():
+        try:
+            target()
+        except Exception:
+            if not node.context.ok():
+                return  # shutting down: publishers are already gone
+            node.get_logger().fatal(f"worker '{name}' died:\n{traceback.format_exc()}")
+            sys.stderr.flush()
+            os._exit(1)
+
+    thread = threading.Thread(target=guarded, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 class Latest:

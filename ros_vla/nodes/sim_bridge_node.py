@@ -1,16 +1,15 @@
 """sim_bridge_node: the simulated robot, speaking the real robot's ROS interfaces.
 
-Publishes what franka_ros2, the base driver and realsense-ros publish on the robot
-(/joint_states, /odom, /tf, camera topics) plus /clock, and obeys the same commands
-(/fr3_arm_controller/joint_trajectory, /fr3_gripper/command, /cmd_vel). Object poses
-go to /sim/ground_truth/objects for evaluation only.
+Publishes what franka_ros2 and the base driver publish on the robot (/joint_states,
+/odom, /tf) plus /clock, and obeys the same commands (/fr3_arm_controller/joint_trajectory,
+/fr3_gripper/command, /cmd_vel). Object poses go to /sim/ground_truth/objects, for the
+simulated cameras (sim_camera_node) and evaluation only.
 
 The simulation runs in its own thread; subscription callbacks only store commands.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -18,14 +17,20 @@ from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Int32, String
 from tf2_msgs.msg import TFMessage
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_vla.nodes.common import (
-    CAMERA_PUB_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, Diagnostics, Latest, declare,
-    publish_json, run_node,
+    COMMAND_QOS,
+    LATCHED_QOS,
+    Diagnostics,
+    Latest,
+    declare,
+    publish_json,
+    run_node,
+    start_worker,
 )
 from ros_vla.paths import config_file
 from ros_vla.perception import ros_messages as rm
@@ -38,34 +43,21 @@ from ros_vla.sim.world import SimWorld
 BODY_TO_OPTICAL = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float).T
 
 
-class CameraPublishers:
-    def __init__(self, node: Node, cam):
-        prefix = f"/{cam.namespace}/camera"
-        self.spec = cam
-        self.color = node.create_publisher(Image, f"{prefix}/color/image_raw", CAMERA_PUB_QOS)
-        self.color_info = node.create_publisher(CameraInfo, f"{prefix}/color/camera_info", CAMERA_PUB_QOS)
-        self.depth = node.create_publisher(Image, f"{prefix}/aligned_depth_to_color/image_raw", CAMERA_PUB_QOS)
-        self.depth_info = node.create_publisher(
-            CameraInfo, f"{prefix}/aligned_depth_to_color/camera_info", CAMERA_PUB_QOS)
-        self.next_render_s = 0.0
-
-
 class SimBridgeNode(Node):
     def __init__(self):
         super().__init__("sim_bridge")
         p = declare(
             self, scene_file="", seed=0, time_step_s=1.0 / 240.0, real_time_factor=1.0,
-            joint_state_rate_hz=100.0, ground_truth_rate_hz=10.0, renderer="egl",
-            cameras_enabled=True, cmd_vel_timeout_s=0.5,
+            joint_state_rate_hz=100.0, clock_rate_hz=100.0, ground_truth_rate_hz=30.0, cmd_vel_timeout_s=0.5,
         )
         scene_path = p["scene_file"] or str(config_file("scene_tabletop.yaml"))
         self.scene = load_scene(scene_path)
-        self.world_options = {"seed": p["seed"], "time_step_s": p["time_step_s"], "renderer": p["renderer"]}
+        self.world_options = {"seed": p["seed"], "time_step_s": p["time_step_s"], "renderer": None}
         self.world: SimWorld | None = None
         self.real_time_factor = float(p["real_time_factor"])
         self.joint_state_period = 1.0 / p["joint_state_rate_hz"]
+        self.clock_period = 1.0 / p["clock_rate_hz"]
         self.ground_truth_period = 1.0 / p["ground_truth_rate_hz"]
-        self.cameras_enabled = bool(p["cameras_enabled"])
         self.limits = JointLimits()
         self.diag = Diagnostics(self, hardware_id="pybullet")
 
@@ -75,7 +67,6 @@ class SimBridgeNode(Node):
         self.tf_pub = self.create_publisher(TFMessage, "/tf", COMMAND_QOS)
         self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", LATCHED_QOS)
         self.truth_pub = self.create_publisher(String, "/sim/ground_truth/objects", COMMAND_QOS)
-        self.cameras = [CameraPublishers(self, cam) for cam in self.scene.cameras]
 
         self.pending_trajectory = Latest()
         self.pending_gripper = Latest()
@@ -90,10 +81,9 @@ class SimBridgeNode(Node):
         self.create_subscription(Int32, "/sim/reset", lambda m: self.pending_reset.set(m.data), COMMAND_QOS)
 
         self.publish_static_transforms()
-        self.stats = {"rendered": 0, "render_s": 0.0, "refused_trajectories": 0}
+        self.stats = {"refused_trajectories": 0}
         self._running = True
-        self._thread = threading.Thread(target=self.simulate, name="simulation", daemon=True)
-        self._thread.start()
+        self._thread = start_worker(self, self.simulate, "simulation")
         self.scene_path = scene_path
 
     # ----------------------------------------------------------------- commands
@@ -136,13 +126,9 @@ class SimBridgeNode(Node):
 
     # ----------------------------------------------------------------- simulation loop
     def simulate(self):
-        # The world lives in this thread: an OpenGL (EGL) context may only be used by the
-        # thread that created it.
         self.world = world = SimWorld(self.scene, **self.world_options)
-        self.get_logger().info(
-            f"simulating {self.scene_path} (seed {world.seed}, renderer {world.renderer}, "
-            f"{len(self.cameras)} cameras)")
-        next_joint_state = next_truth = 0.0
+        self.get_logger().info(f"simulating {self.scene_path} (seed {world.seed})")
+        next_clock = next_joint_state = next_truth = 0.0
         wall_start, sim_start = time.monotonic(), world.time_s
         last_report = time.monotonic()
         try:
@@ -151,18 +137,17 @@ class SimBridgeNode(Node):
                 world.step(1)
                 now = world.time_s
                 stamp = rm.time_msg(now)
-                self.clock_pub.publish(Clock(clock=stamp))
-                if now >= next_joint_state:
-                    next_joint_state = now + self.joint_state_period
+                # Each stream is due on its own period of sim time; a small epsilon keeps
+                # rates exact when a period is a multiple of the physics step.
+                if now + 1e-9 >= next_clock:
+                    next_clock += self.clock_period
+                    self.clock_pub.publish(Clock(clock=stamp))
+                if now + 1e-9 >= next_joint_state:
+                    next_joint_state += self.joint_state_period
                     self.publish_robot_state(stamp)
-                if now >= next_truth:
-                    next_truth = now + self.ground_truth_period
+                if now + 1e-9 >= next_truth:
+                    next_truth += self.ground_truth_period
                     self.publish_ground_truth(now)
-                if self.cameras_enabled:
-                    for cam in self.cameras:
-                        if now >= cam.next_render_s:
-                            cam.next_render_s = max(cam.next_render_s + 1.0 / cam.spec.rate_hz, now)
-                            self.publish_camera(cam, stamp)
                 if self.real_time_factor > 0:
                     ahead = (now - sim_start) / self.real_time_factor - (time.monotonic() - wall_start)
                     if ahead > 0:
@@ -170,7 +155,9 @@ class SimBridgeNode(Node):
                 if time.monotonic() - last_report > 5.0:
                     last_report = time.monotonic()
                     self.report(now - sim_start, last_report - wall_start)
-        except Exception as err:  # a dead sim thread must be loud, not silent
+        except Exception as err:
+            if not self.context.ok():
+                return  # shutting down: publishers are gone
             self.diag.publish("error", f"simulation stopped: {err!r}")
             raise
         finally:
@@ -178,10 +165,8 @@ class SimBridgeNode(Node):
 
     def report(self, sim_elapsed: float, wall_elapsed: float):
         rtf = sim_elapsed / max(wall_elapsed, 1e-9)
-        mean_render = self.stats["render_s"] / max(self.stats["rendered"], 1)
         self.diag.publish("ok" if rtf > 0.9 * max(self.real_time_factor, 0.01) else "warn",
                           f"real-time factor {rtf:.2f}", real_time_factor=f"{rtf:.3f}",
-                          render_ms_mean=f"{mean_render * 1e3:.1f}",
                           refused_trajectories=self.stats["refused_trajectories"],
                           held_object=self.world.held_object() or "")
 
@@ -230,19 +215,6 @@ class SimBridgeNode(Node):
             transforms.append(rm.transform_msg(BODY_TO_OPTICAL, cam.link_frame, cam.color_frame, stamp))
         self.tf_static_pub.publish(TFMessage(transforms=transforms))
 
-    def publish_camera(self, cam: CameraPublishers, stamp):
-        spec = cam.spec
-        started = time.perf_counter()
-        rgb, depth = self.world.render(spec)
-        self.stats["render_s"] += time.perf_counter() - started
-        self.stats["rendered"] += 1
-        info = rm.camera_info_msg(spec.intrinsics, spec.width, spec.height, stamp, spec.color_frame)
-        cam.color.publish(rm.image_msg(rgb, "rgb8", stamp, spec.color_frame))
-        cam.color_info.publish(info)
-        # Depth is rendered from the colour camera's viewpoint: aligned to colour by construction.
-        cam.depth.publish(rm.image_msg(rm.depth_to_millimetres(depth), "16UC1", stamp, spec.color_frame))
-        cam.depth_info.publish(info)
-
     def publish_ground_truth(self, now: float):
         objects = [
             {"name": o.name, "kind": o.kind, "color": o.color, "position": list(o.position),
@@ -250,7 +222,7 @@ class SimBridgeNode(Node):
             for o in self.world.object_poses()
         ]
         publish_json(self.truth_pub, {
-            "stamp": now, "frame": "map", "base_pose": list(self.world.base_pose()),
+            "stamp": now, "seed": self.world.seed, "frame": "map", "base_pose": list(self.world.base_pose()),
             "arm_base_in_map": self.world.link_pose("fr3_link0").tolist(), "objects": objects,
         })
 

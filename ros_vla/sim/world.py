@@ -12,6 +12,7 @@ reads object poses from here is ground truth, for evaluation and oracles only.
 from __future__ import annotations
 
 import pkgutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import pybullet
 import pybullet_data
 
 from ros_vla.robot.kinematics import quaternion_from_matrix
+from ros_vla.sim.gl_renderer import GLRenderer
 from ros_vla.sim.scene import CameraSpec, SceneConfig
 
 PANDA_URDF = "franka_panda/panda.urdf"
@@ -109,18 +111,30 @@ class SimWorld:
     """The simulated robot and its scene. All poses are in the map frame unless named."""
 
     def __init__(self, scene: SceneConfig, seed: int = 0, time_step_s: float = 1.0 / 240.0,
-                 renderer: str = "egl"):
+                 renderer: str | None = "gl"):
         self.scene = scene
         self.time_step_s = time_step_s
         self.client = pybullet.connect(pybullet.DIRECT)
+        self._gl_renderer: GLRenderer | None = None
         self.renderer = self._load_renderer(renderer)
         self.objects: dict[str, SimObject] = {}
         self._reset_world(seed)
 
     # ----------------------------------------------------------------- construction
     def _load_renderer(self, renderer: str) -> str:
-        """EGL (Mesa or GPU OpenGL) renders 640x480 several times faster than the tiny
-        software renderer; fall back to tiny where no EGL library can be loaded."""
+        """gl (our OpenGL renderer, GLRenderer) costs a few ms per 640x480 view; PyBullet's
+        EGL plugin (Mesa or GPU OpenGL) several times more, its tiny software renderer more
+        still. Each falls back to the next where it cannot start. None: the world is never
+        rendered (physics only) and no OpenGL context is created."""
+        if renderer is None:
+            return "none"
+        if renderer == "gl":
+            try:
+                self._gl_renderer = GLRenderer(self.client)
+                return "gl"
+            except RuntimeError as err:
+                print(f"SimWorld: no gl renderer ({err}); falling back to PyBullet's", file=sys.stderr)
+                renderer = "egl"
         if renderer == "egl":
             egl = pkgutil.get_loader("eglRenderer")
             if egl is not None:
@@ -130,7 +144,7 @@ class SimWorld:
                     return "egl"
             renderer = "tiny"
         if renderer != "tiny":
-            raise ValueError(f"renderer must be 'egl' or 'tiny', got '{renderer}'")
+            raise ValueError(f"renderer must be 'gl', 'egl' or 'tiny', got '{renderer}'")
         return "tiny"
 
     def _box(self, half_extents, position, rgba, mass=0.0, collision=True) -> int:
@@ -162,8 +176,7 @@ class SimWorld:
         self._base_velocity = np.zeros(3)
 
         p.setAdditionalSearchPath(pybullet_data.getDataPath())
-        self.robot = p.loadURDF(PANDA_URDF, [0, 0, 0], useFixedBase=True,
-                                flags=pybullet.URDF_USE_SELF_COLLISION_EXCLUDE_PARENT)
+        self.robot = p.loadURDF(PANDA_URDF, [0, 0, 0], useFixedBase=True)
         links = {p.getJointInfo(self.robot, j)[12].decode(): j for j in range(p.getNumJoints(self.robot))}
         self._arm_joints = [self._joint_index(f"panda_joint{i}") for i in range(1, 8)]
         self._finger_joints = [self._joint_index("panda_finger_joint1"), self._joint_index("panda_finger_joint2")]
@@ -184,6 +197,8 @@ class SimWorld:
         self._spawn_objects()
         self._apply_arm_control(q_ready)
         self._apply_gripper_control()
+        if self._gl_renderer is not None:
+            self._gl_renderer.sync_scene()
 
     def _joint_index(self, name: str) -> int:
         for j in range(self._p.getNumJoints(self.robot)):
@@ -269,9 +284,11 @@ class SimWorld:
         x, y, yaw = self._base_pose
         bz = self.scene.base_size[2]
         self._p.resetBasePositionAndOrientation(self.base_body, [x, y, bz / 2], yaw_to_quaternion(yaw))
+        # PyBullet poses a base by its centre of mass: shift by link0's inertial offset.
         arm = self.base_matrix() @ self.arm_mount_in_base()
-        quat = yaw_to_quaternion(yaw)
-        self._p.resetBasePositionAndOrientation(self.robot, arm[:3, 3].tolist(), quat)
+        inertial_offset = np.asarray(self._p.getDynamicsInfo(self.robot, -1)[3])
+        position = arm[:3, 3] + arm[:3, :3] @ inertial_offset
+        self._p.resetBasePositionAndOrientation(self.robot, position.tolist(), yaw_to_quaternion(yaw))
 
     # ----------------------------------------------------------------- arm and gripper
     def arm_joint_state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -336,7 +353,9 @@ class SimWorld:
             touching = [bool(self._p.getContactPoints(self.robot, obj.body_id, finger))
                         for finger in self._finger_joints]
             if all(touching):
-                hand = self.link_pose("fr3_hand")
+                # Constraint frames are relative to the link's centre of mass, not its URDF frame.
+                com = self._p.getLinkState(self.robot, self._hand_link, computeForwardKinematics=True)
+                hand = pose_matrix(com[0], com[1])
                 pos, quat = self._p.getBasePositionAndOrientation(obj.body_id)
                 rel = np.linalg.inv(hand) @ pose_matrix(pos, quat)
                 rel_quat = quaternion_from_matrix(rel).tolist()
@@ -375,6 +394,8 @@ class SimWorld:
     def render(self, cam: CameraSpec) -> tuple[np.ndarray, np.ndarray]:
         """RGB (HxWx3 uint8) and depth along the optical axis (HxW float32 metres, 0 = no return)."""
         pose = self.camera_pose(cam)
+        if self._gl_renderer is not None:
+            return self._gl_renderer.render(pose, cam.fx, cam.fy, cam.width, cam.height, cam.near_m, cam.far_m)
         eye, forward, down = pose[:3, 3], pose[:3, 2], pose[:3, 1]
         view = pybullet.computeViewMatrix(eye.tolist(), (eye + forward).tolist(), (-down).tolist())
         projection = _projection_matrix(cam)
@@ -388,6 +409,16 @@ class SimWorld:
         depth = far * near / (far - (far - near) * buffer)
         depth[buffer >= 1.0 - 1e-7] = 0.0
         return np.ascontiguousarray(rgb), depth.astype(np.float32)
+
+    def set_kinematic_state(self, base_pose, arm_q, finger_q, object_poses: dict[str, tuple]):
+        """Pose everything without simulating: a render-only mirror of another world."""
+        self._base_pose = np.asarray(base_pose, float)
+        self._place_base()
+        for joint, q in zip(self._arm_joints + self._finger_joints, list(arm_q) + list(finger_q)):
+            self._p.resetJointState(self.robot, joint, float(q))
+        for name, (position, quaternion) in object_poses.items():
+            if name in self.objects:
+                self._p.resetBasePositionAndOrientation(self.objects[name].body_id, position, quaternion)
 
     # ----------------------------------------------------------------- ground truth
     def object_poses(self) -> list[ObjectPose]:
@@ -403,6 +434,9 @@ class SimWorld:
         self._reset_world(seed)
 
     def close(self):
+        if self._gl_renderer is not None:
+            self._gl_renderer.close()
+            self._gl_renderer = None
         if pybullet.isConnected(self.client):
             pybullet.disconnect(self.client)
 

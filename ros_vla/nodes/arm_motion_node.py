@@ -1,0 +1,394 @@
+"""arm_motion_node: Cartesian goals in, safe joint trajectories out.
+
+Inputs: arm/pose_goal (PoseStamped), arm/ee_delta (TransformStamped, streamed by
+closed-loop policies), arm/pick_place (JSON), arm/joint_trajectory (checked, then
+forwarded), /estop (Bool), /joint_states. Output: /fr3_arm_controller/joint_trajectory
+and /fr3_gripper/command, or arm/preview/* while the arm is not armed (dry run).
+Every refusal goes to arm/status, arm/result (for goals with an id) and /diagnostics.
+
+Callbacks only queue goals; one worker thread plans and executes them, so a long
+pick/place never blocks /estop, which halts the arm from its callback at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ros_vla import protocol
+from ros_vla.nodes.common import (
+    COMMAND_QOS,
+    STATUS_QOS,
+    Diagnostics,
+    Latest,
+    declare,
+    publish_json,
+    run_node,
+    start_worker,
+)
+from ros_vla.perception.ros_messages import matrix_from_transform
+from ros_vla.robot import panda
+from ros_vla.robot.motion import (
+    MotionConfig,
+    Plan,
+    apply_ee_delta,
+    check_pick_place_targets,
+    pick_place_steps,
+    plan_cartesian_line,
+    plan_joint_move,
+    plan_pose_goal,
+)
+from ros_vla.robot.safety import (
+    JointLimits,
+    Watchdog,
+    WorkspaceBox,
+    reorder_positions,
+    validate_joint_trajectory,
+)
+
+ACCEPTED_FRAMES = ("fr3_link0", "")
+
+
+class MotionAborted(Exception):
+    pass
+
+
+@dataclass
+class Goal:
+    kind: str  # "pose", "pick_place" or "trajectory"
+    goal_id: str
+    payload: object
+
+
+class ArmMotionNode(Node):
+    def __init__(self):
+        super().__init__("arm_motion")
+        p = declare(
+            self, armed=True, velocity_scale=0.4, workspace_min=[-0.2, -0.7, 0.0],
+            workspace_max=[0.9, 0.7, 0.9], approach_height_m=0.12, place_clearance_m=0.03,
+            ee_delta_timeout_s=0.5, ee_delta_period_s=0.1, joint_state_timeout_s=0.5,
+            position_tolerance_rad=0.01, settle_timeout_s=3.0, gripper_settle_s=0.6,
+            ready_pose=list(panda.READY_POSE),
+        )
+        self.cfg = MotionConfig(
+            workspace=WorkspaceBox(tuple(p["workspace_min"]), tuple(p["workspace_max"])),
+            velocity_scale=p["velocity_scale"], approach_height_m=p["approach_height_m"],
+            place_clearance_m=p["place_clearance_m"],
+        )
+        self.limits = JointLimits()
+        self.armed = bool(p["armed"])
+        self.ready_pose = np.asarray(p["ready_pose"], float)
+        self.ee_delta_period_s = p["ee_delta_period_s"]
+        self.ee_delta_watchdog = Watchdog(p["ee_delta_timeout_s"])
+        self.joint_state_timeout_s = p["joint_state_timeout_s"]
+        self.position_tolerance = p["position_tolerance_rad"]
+        self.settle_timeout_s = p["settle_timeout_s"]
+        self.gripper_settle_s = p["gripper_settle_s"]
+        self.diag = Diagnostics(self)
+
+        self.controller_pub = self.create_publisher(
+            JointTrajectory, "/fr3_arm_controller/joint_trajectory", COMMAND_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "/fr3_gripper/command", COMMAND_QOS)
+        self.preview_trajectory_pub = self.create_publisher(
+            JointTrajectory, "arm/preview/joint_trajectory", COMMAND_QOS)
+        self.preview_gripper_pub = self.create_publisher(Float64, "arm/preview/gripper", COMMAND_QOS)
+        self.status_pub = self.create_publisher(String, "arm/status", STATUS_QOS)
+        self.result_pub = self.create_publisher(String, "arm/result", STATUS_QOS)
+
+        self.joint_state = Latest()
+        self.joint_state_received = Latest(0.0)
+        self.estopped = threading.Event()
+        self.goals: queue.Queue[Goal] = queue.Queue()
+        self.current_goal_id = ""
+        self.holding_for_stale_delta = False
+        self.create_subscription(JointState, "/joint_states", self.on_joint_state, COMMAND_QOS)
+        self.create_subscription(Bool, "/estop", self.on_estop, COMMAND_QOS)
+        self.create_subscription(PoseStamped, "arm/pose_goal", self.on_pose_goal, COMMAND_QOS)
+        self.create_subscription(TransformStamped, "arm/ee_delta", self.on_ee_delta, COMMAND_QOS)
+        self.create_subscription(String, "arm/pick_place", self.on_pick_place, COMMAND_QOS)
+        self.create_subscription(JointTrajectory, "arm/joint_trajectory", self.on_joint_trajectory, COMMAND_QOS)
+        self.add_on_set_parameters_callback(self.on_parameters)
+        self.create_timer(self.ee_delta_period_s, self.check_ee_delta_watchdog)
+
+        self._running = True
+        self._worker = start_worker(self, self.work, "motion")
+        self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
+
+    # ----------------------------------------------------------------- inputs
+    def on_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "armed":
+                self.armed = bool(param.value)
+                self.get_logger().warning("arm ARMED: commands go to the controller" if self.armed
+                                          else "arm disarmed: dry run, commands go to arm/preview/*")
+        return SetParametersResult(successful=True)
+
+    def on_joint_state(self, msg: JointState):
+        self.joint_state.set(msg)
+        self.joint_state_received.set(time.monotonic())
+
+    def on_estop(self, msg: Bool):
+        if msg.data and not self.estopped.is_set():
+            self.estopped.set()
+            self.hold_position()
+            self.publish_status("stopped", "emergency stop: holding position, goals refused until /estop is false")
+            self.diag.publish("error", "emergency stop engaged")
+        elif not msg.data and self.estopped.is_set():
+            self.estopped.clear()
+            self.publish_status("idle", "emergency stop released")
+            self.diag.publish("ok", "emergency stop released")
+
+    def on_pose_goal(self, msg: PoseStamped):
+        if msg.header.frame_id not in ACCEPTED_FRAMES:
+            self.refuse("", f"pose goal frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
+            return
+        pose = msg.pose
+        transform = TransformStamped().transform
+        transform.translation.x, transform.translation.y, transform.translation.z = (
+            pose.position.x, pose.position.y, pose.position.z)
+        transform.rotation = pose.orientation
+        try:
+            target = matrix_from_transform(transform)
+        except ValueError as err:
+            self.refuse("", f"pose goal refused: {err}")
+            return
+        self.goals.put(Goal("pose", "", target))
+
+    def on_ee_delta(self, msg: TransformStamped):
+        """Streamed displacements are executed at once (no queue): the newest one wins."""
+        if msg.header.frame_id not in ACCEPTED_FRAMES:
+            self.refuse("", f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
+            return
+        if self.estopped.is_set() or self.current_goal_id:
+            self.refuse("", "ee_delta refused: " + ("emergency stop" if self.estopped.is_set() else "busy with a goal"))
+            return
+        q_now = self.current_positions()
+        if q_now is None:
+            self.refuse("", "ee_delta refused: no fresh /joint_states")
+            return
+        try:
+            delta = matrix_from_transform(msg.transform)
+        except ValueError as err:
+            self.refuse("", f"ee_delta refused: {err}")
+            return
+        plan = apply_ee_delta(q_now, delta[:3, 3], delta[:3, :3], self.ee_delta_period_s, self.cfg)
+        if not plan.ok:
+            self.refuse("", f"ee_delta refused: {plan.message}")
+            return
+        self.ee_delta_watchdog.feed(time.monotonic())
+        self.holding_for_stale_delta = False
+        self.send_trajectory(plan)
+
+    def check_ee_delta_watchdog(self):
+        """A policy that stops streaming deltas must not leave the arm drifting."""
+        if self.ee_delta_watchdog.seconds_since_feed(time.monotonic()) == float("inf"):
+            return
+        if self.ee_delta_watchdog.expired(time.monotonic()) and not self.holding_for_stale_delta:
+            self.holding_for_stale_delta = True
+            self.hold_position()
+            self.diag.publish("warn", "ee_delta stream went stale: holding position")
+
+    def on_pick_place(self, msg: String):
+        try:
+            request = protocol.decode("pick_place", msg.data)
+        except protocol.ProtocolError as err:
+            self.refuse("", f"pick_place refused: {err}")
+            return
+        if request["frame"] not in ACCEPTED_FRAMES:
+            self.refuse(request["id"], f"pick_place frame '{request['frame']}' unsupported: use fr3_link0")
+            return
+        self.goals.put(Goal("pick_place", request["id"], request))
+
+    def on_joint_trajectory(self, msg: JointTrajectory):
+        self.goals.put(Goal("trajectory", "", msg))
+
+    # ----------------------------------------------------------------- state helpers
+    def current_positions(self) -> np.ndarray | None:
+        msg = self.joint_state.get()
+        if msg is None or time.monotonic() - self.joint_state_received.get() > self.joint_state_timeout_s:
+            return None
+        try:
+            arm = {n: q for n, q in zip(msg.name, msg.position) if n in panda.ARM_JOINT_NAMES}
+            return reorder_positions(list(arm), list(arm.values()), panda.ARM_JOINT_NAMES)
+        except ValueError:
+            return None
+
+    def gripper_width(self) -> float | None:
+        msg = self.joint_state.get()
+        if msg is None:
+            return None
+        fingers = [q for n, q in zip(msg.name, msg.position) if n in panda.FINGER_JOINT_NAMES]
+        return float(sum(fingers)) if len(fingers) == 2 else None
+
+    # ----------------------------------------------------------------- outputs
+    def publish_status(self, state: str, message: str, **extra):
+        publish_json(self.status_pub, {"state": state, "message": message, "goal_id": self.current_goal_id,
+                                       "armed": self.armed, **extra})
+
+    def refuse(self, goal_id: str, message: str):
+        self.publish_status("refused", message)
+        self.diag.publish("error", message)
+        if goal_id:
+            publish_json(self.result_pub, {"id": goal_id, "success": False, "message": message,
+                                           "gripper_width_m": self.gripper_width()})
+
+    def trajectory_msg(self, plan: Plan) -> JointTrajectory:
+        msg = JointTrajectory()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.joint_names = list(panda.ARM_JOINT_NAMES)
+        for q, t in plan.points:
+            nanoseconds = int(round(t * 1e9))
+            msg.points.append(JointTrajectoryPoint(
+                positions=[float(v) for v in q],
+                time_from_start=Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)))
+        return msg
+
+    def send_trajectory(self, plan: Plan) -> bool:
+        """Last check before the controller: the plan must pass the same validation the
+        controller applies, from the arm's current state."""
+        q_now = self.current_positions()
+        points = [(q.tolist(), t) for q, t in plan.points]
+        errors = validate_joint_trajectory(panda.ARM_JOINT_NAMES, points, self.limits,
+                                           panda.ARM_JOINT_NAMES, q_current=q_now)
+        if q_now is None or errors:
+            self.refuse(self.current_goal_id, "trajectory refused: " + ("; ".join(errors) or "no joint state"))
+            return False
+        (self.controller_pub if self.armed else self.preview_trajectory_pub).publish(self.trajectory_msg(plan))
+        return True
+
+    def send_gripper(self, width_m: float):
+        (self.gripper_pub if self.armed else self.preview_gripper_pub).publish(Float64(data=float(width_m)))
+
+    def hold_position(self):
+        """Replace whatever the controller is doing by staying where the arm is."""
+        q_now = self.current_positions()
+        if q_now is None:
+            self.diag.publish("error", "cannot hold position: no fresh /joint_states")
+            return
+        plan = Plan([(q_now, 0.05)])
+        (self.controller_pub if self.armed else self.preview_trajectory_pub).publish(self.trajectory_msg(plan))
+
+    # ----------------------------------------------------------------- worker
+    def work(self):
+        while self._running:
+            try:
+                goal = self.goals.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not self.context.ok():
+                return
+            self.current_goal_id = goal.goal_id
+            try:
+                if self.estopped.is_set():
+                    raise MotionAborted("emergency stop is engaged")
+                if self.current_positions() is None:
+                    raise MotionAborted("no fresh /joint_states: is the robot driver running?")
+                if not self.armed:
+                    raise MotionAborted("dry run: the arm is not armed (set parameter armed:=true)")
+                message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,
+                           "trajectory": self.run_trajectory}[goal.kind](goal.payload)
+                self.publish_status("idle", message)
+                if goal.goal_id:
+                    publish_json(self.result_pub, {"id": goal.goal_id, "success": True, "message": message,
+                                                   "gripper_width_m": self.gripper_width()})
+            except MotionAborted as err:
+                self.refuse(goal.goal_id, str(err))
+            except Exception as err:  # never let one bad goal kill the worker
+                if not self.context.ok():
+                    return
+                self.refuse(goal.goal_id, f"internal error: {err!r}")
+            finally:
+                self.current_goal_id = ""
+
+    def execute(self, plan: Plan, what: str):
+        if not plan.ok:
+            raise MotionAborted(f"{what}: {plan.message}")
+        self.publish_status("moving", what)
+        if not self.send_trajectory(plan):
+            raise MotionAborted(f"{what}: trajectory refused")
+        q_goal, duration = plan.points[-1]
+        deadline = time.monotonic() + duration + self.settle_timeout_s
+        while time.monotonic() < deadline:
+            if self.estopped.is_set():
+                raise MotionAborted(f"{what}: interrupted by emergency stop")
+            q_now = self.current_positions()
+            if q_now is None:
+                self.hold_position()
+                raise MotionAborted(f"{what}: joint states went stale; holding")
+            if np.max(np.abs(q_now - q_goal)) < self.position_tolerance:
+                return
+            time.sleep(0.01)
+        self.hold_position()
+        raise MotionAborted(f"{what}: did not reach the goal in time (blocked or too slow); holding")
+
+    def actuate_gripper(self, width_m: float, what: str) -> float:
+        self.publish_status("moving", what)
+        self.send_gripper(width_m)
+        deadline = time.monotonic() + self.gripper_settle_s
+        while time.monotonic() < deadline:
+            if self.estopped.is_set():
+                raise MotionAborted(f"{what}: interrupted by emergency stop")
+            time.sleep(0.02)
+        return self.gripper_width() or 0.0
+
+    def run_pose_goal(self, target: np.ndarray) -> str:
+        self.execute(plan_pose_goal(self.current_positions(), target, self.cfg), "pose goal")
+        return "pose goal reached"
+
+    def run_trajectory(self, msg: JointTrajectory) -> str:
+        q_now = self.current_positions()
+        points = [(list(pt.positions), pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9)
+                  for pt in msg.points]
+        errors = validate_joint_trajectory(list(msg.joint_names), points, self.limits, panda.ARM_JOINT_NAMES,
+                                           q_current=q_now, velocity_scale=self.cfg.velocity_scale)
+        if errors:
+            raise MotionAborted("joint trajectory refused: " + "; ".join(errors))
+        ordered = [(reorder_positions(msg.joint_names, q, panda.ARM_JOINT_NAMES), t) for q, t in points]
+        self.execute(Plan(ordered), "joint trajectory")
+        return "joint trajectory done"
+
+    def run_pick_place(self, request: dict) -> str:
+        pick, place = request["pick"], request["place"]
+        problem = check_pick_place_targets(np.asarray(pick["xyz"], float), np.asarray(place["xyz"], float), self.cfg)
+        if problem:
+            raise MotionAborted(f"pick_place refused: {problem}")
+        steps = pick_place_steps(pick["xyz"], float(pick.get("yaw", 0.0)), place["xyz"],
+                                 float(place.get("yaw", 0.0)), self.cfg)
+        for step in steps:
+            q_now = self.current_positions()
+            if step.kind == "gripper":
+                width = self.actuate_gripper(step.width_m, step.name)
+                if step.name == "grasp" and width < self.cfg.min_grasp_width_m:
+                    self.actuate_gripper(self.cfg.gripper_open_m, "open after missed grasp")
+                    self.execute(plan_joint_move(self.current_positions(), self.ready_pose, self.cfg), "return")
+                    raise MotionAborted(f"grasp missed: fingers closed to {width * 1000:.1f} mm")
+            elif step.kind == "line":
+                self.execute(plan_cartesian_line(q_now, step.pose, self.cfg), step.name)
+            elif step.kind == "joint":
+                self.execute(plan_pose_goal(q_now, step.pose, self.cfg), step.name)
+            else:
+                self.execute(plan_joint_move(q_now, self.ready_pose, self.cfg), step.name)
+        return "pick and place done"
+
+    def close(self):
+        self._running = False
+        self._worker.join(timeout=2.0)
+
+
+def main(args=None) -> int:
+    return run_node(ArmMotionNode, threads=2, args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""base_motion_node: the only sender of /cmd_vel, with speed/acceleration limits and a watchdog.
+
+Inputs: base/cmd_vel (TwistStamped, from teleop or a policy), base/goto (String: a
+station name from the scene file), /odom, /estop. Output: /cmd_vel (TwistStamped) at a
+fixed rate, or base/preview/cmd_vel while not armed. A stale velocity command or /estop
+sends zero velocity on the next control tick.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from std_msgs.msg import Bool, String
+
+from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Diagnostics, Latest, declare, publish_json, run_node
+from ros_vla.paths import config_file
+from ros_vla.robot.kinematics import matrix_from_quaternion
+from ros_vla.robot.safety import BaseVelocityLimiter, Watchdog, finite
+from ros_vla.sim.scene import load_scene
+
+
+def station_velocity(pose: tuple[float, float, float], goal: tuple[float, float, float],
+                     gain: float) -> tuple[np.ndarray, float, float, float]:
+    """Body-frame (vx, vy) and wz driving a holonomic base toward `goal`; also the
+    remaining distance and heading error."""
+    x, y, yaw = pose
+    dx, dy = goal[0] - x, goal[1] - y
+    heading_error = math.atan2(math.sin(goal[2] - yaw), math.cos(goal[2] - yaw))
+    c, s = math.cos(yaw), math.sin(yaw)
+    body = gain * np.array([c * dx + s * dy, -s * dx + c * dy])
+    return body, gain * heading_error, math.hypot(dx, dy), abs(heading_error)
+
+
+class BaseMotionNode(Node):
+    def __init__(self):
+        super().__init__("base_motion")
+        p = declare(
+            self, armed=True, rate_hz=50.0, max_linear=0.5, max_angular=1.0, max_linear_accel=0.5,
+            max_angular_accel=1.5, cmd_timeout_s=0.5, odom_timeout_s=0.5, goto_gain=1.5,
+            goto_position_tolerance_m=0.02, goto_yaw_tolerance_rad=0.03, goto_timeout_s=60.0, scene_file="",
+        )
+        self.armed = bool(p["armed"])
+        self.period_s = 1.0 / p["rate_hz"]
+        self.limiter = BaseVelocityLimiter(p["max_linear"], p["max_angular"], p["max_linear_accel"],
+                                           p["max_angular_accel"])
+        self.cmd_watchdog = Watchdog(p["cmd_timeout_s"])
+        self.odom_watchdog = Watchdog(p["odom_timeout_s"])
+        self.goto_gain = p["goto_gain"]
+        self.goto_tolerance = (p["goto_position_tolerance_m"], p["goto_yaw_tolerance_rad"])
+        self.goto_timeout_s = p["goto_timeout_s"]
+        self.stations = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml")).stations
+        self.diag = Diagnostics(self)
+
+        self.cmd_pub = self.create_publisher(TwistStamped, "/cmd_vel", COMMAND_QOS)
+        self.preview_pub = self.create_publisher(TwistStamped, "base/preview/cmd_vel", COMMAND_QOS)
+        self.status_pub = self.create_publisher(String, "base/status", STATUS_QOS)
+        self.command = Latest((0.0, 0.0, 0.0))
+        self.odom_pose = Latest()
+        self.goto: tuple[str, tuple[float, float, float], float] | None = None
+        self.estopped = False
+        self.was_moving = False
+        self.create_subscription(TwistStamped, "base/cmd_vel", self.on_cmd_vel, COMMAND_QOS)
+        self.create_subscription(String, "base/goto", self.on_goto, COMMAND_QOS)
+        self.create_subscription(Odometry, "/odom", self.on_odom, COMMAND_QOS)
+        self.create_subscription(Bool, "/estop", self.on_estop, COMMAND_QOS)
+        self.add_on_set_parameters_callback(self.on_parameters)
+        self.create_timer(self.period_s, self.control)
+        self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
+
+    def on_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "armed":
+                self.armed = bool(param.value)
+        return SetParametersResult(successful=True)
+
+    def publish_status(self, state: str, message: str, **extra):
+        publish_json(self.status_pub, {"state": state, "message": message, "armed": self.armed,
+                                       "station": self.goto[0] if self.goto else "", **extra})
+
+    def on_cmd_vel(self, msg: TwistStamped):
+        command = (msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z)
+        if not finite(command):
+            self.diag.publish("error", f"refused base command {command}: not finite; stopping")
+            command = (0.0, 0.0, 0.0)
+        self.goto = None
+        self.command.set(command)
+        self.cmd_watchdog.feed(time.monotonic())
+
+    def on_goto(self, msg: String):
+        station = msg.data.strip()
+        if station not in self.stations:
+            self.publish_status("refused", f"unknown station '{station}'; known: {sorted(self.stations)}")
+            return
+        if self.estopped:
+            self.publish_status("refused", "emergency stop is engaged")
+            return
+        self.goto = (station, self.stations[station], time.monotonic())
+        self.publish_status("moving", f"going to {station}")
+
+    def on_odom(self, msg: Odometry):
+        o = msg.pose.pose.orientation
+        rotation = matrix_from_quaternion([o.x, o.y, o.z, o.w])
+        self.odom_pose.set((msg.pose.pose.position.x, msg.pose.pose.position.y,
+                            math.atan2(rotation[1, 0], rotation[0, 0])))
+        self.odom_watchdog.feed(time.monotonic())
+
+    def on_estop(self, msg: Bool):
+        if msg.data and not self.estopped:
+            self.estopped = True
+            self.goto = None
+            self.stop_now()
+            self.publish_status("stopped", "emergency stop")
+            self.diag.publish("error", "emergency stop engaged")
+        elif not msg.data and self.estopped:
+            self.estopped = False
+            self.publish_status("idle", "emergency stop released")
+
+    def stop_now(self):
+        self.limiter.reset()
+        self.publish_velocity((0.0, 0.0, 0.0))
+
+    def publish_velocity(self, velocity):
+        msg = TwistStamped()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = "base_link"
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z = (float(v) for v in velocity)
+        (self.cmd_pub if self.armed else self.preview_pub).publish(msg)
+
+    def goto_command(self, now: float):
+        name, goal, started = self.goto
+        pose = self.odom_pose.get()
+        if pose is None or self.odom_watchdog.expired(now):
+            self.goto = None
+            self.publish_status("failed", f"going to {name}: no fresh /odom")
+            return None
+        if now - started > self.goto_timeout_s:
+            self.goto = None
+            self.publish_status("failed", f"going to {name}: not there after {self.goto_timeout_s:.0f} s")
+            return None
+        body, wz, distance, heading_error = station_velocity(pose, goal, self.goto_gain)
+        if distance < self.goto_tolerance[0] and heading_error < self.goto_tolerance[1]:
+            self.goto = None
+            self.publish_status("arrived", f"at {name}", station_reached=name)
+            return None
+        return (body[0], body[1], wz)
+
+    def control(self):
+        now = time.monotonic()
+        if self.estopped:
+            self.stop_now()
+            return
+        if self.goto is not None:
+            command = self.goto_command(now)
+            if command is None:
+                self.stop_now()
+                return
+        elif self.cmd_watchdog.expired(now):
+            if self.was_moving:
+                self.diag.publish("warn", "base command went stale: stopping")
+                self.was_moving = False
+            self.stop_now()
+            return
+        else:
+            command = self.command.get()
+        velocity = self.limiter.step(*command, dt=self.period_s)
+        self.was_moving = any(abs(v) > 1e-6 for v in velocity)
+        self.publish_velocity(velocity)
+
+
+def main(args=None) -> int:
+    return run_node(BaseMotionNode, threads=1, args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

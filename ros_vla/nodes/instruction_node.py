@@ -1,0 +1,147 @@
+"""instruction_node: /instruction in, skills dispatched, task/status and /diagnostics out.
+
+Reads typed text with the rule-based reader in ros_vla.language (the SayCan planner
+replaces this node once it exists), then runs each skill call through its executor:
+pick_place -> skill/request + skill/result (oracle or CLIPort); navigate -> base/goto +
+base/status. One task at a time; a new instruction while busy is refused, not queued.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from ros_vla import protocol
+from ros_vla.language import SkillCall, understand
+from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Diagnostics, declare, publish_json, run_node, start_worker
+from ros_vla.paths import config_file
+from ros_vla.sim.scene import load_scene
+
+
+class InstructionNode(Node):
+    def __init__(self):
+        super().__init__("instruction")
+        p = declare(self, scene_file="", skill_timeout_s=120.0, navigation_timeout_s=90.0)
+        scene = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml"))
+        self.objects = {o.name: (o.kind, o.color) for o in scene.objects}
+        self.stations = set(scene.stations)
+        self.skill_timeout_s = p["skill_timeout_s"]
+        self.navigation_timeout_s = p["navigation_timeout_s"]
+        self.diag = Diagnostics(self)
+        self.status_pub = self.create_publisher(String, "task/status", STATUS_QOS)
+        self.skill_pub = self.create_publisher(String, "skill/request", COMMAND_QOS)
+        self.goto_pub = self.create_publisher(String, "base/goto", COMMAND_QOS)
+        self.skill_results: queue.Queue[dict] = queue.Queue()
+        self.base_status: queue.Queue[dict] = queue.Queue()
+        self.tasks: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.busy = threading.Event()
+        self.create_subscription(String, "/instruction", self.on_instruction, COMMAND_QOS)
+        self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
+        self.create_subscription(String, "base/status", lambda m: self.base_status.put(json.loads(m.data)),
+                                 STATUS_QOS)
+        self._running = True
+        self._worker = start_worker(self, self.work, "tasks")
+
+    def status(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0):
+        publish_json(self.status_pub, {"id": task_id, "instruction": instruction, "state": state,
+                                       "message": message, "plan": list(plan), "step": step})
+        level = {"failed": "warn", "refused": "warn", "stopped": "error"}.get(state, "ok")
+        self.diag.publish(level, f"task {task_id} {state}: {message}", instruction=instruction[:200])
+
+    def on_instruction(self, msg: String):
+        task_id = uuid.uuid4().hex[:8]
+        text = msg.data
+        if self.busy.is_set():
+            self.status(task_id, text[:protocol.MAX_INSTRUCTION_CHARS], "refused",
+                        "busy with another task; send it again when the current one ends")
+            return
+        self.busy.set()
+        self.tasks.put((task_id, text))
+
+    def on_skill_result(self, msg: String):
+        try:
+            self.skill_results.put(protocol.decode("skill_result", msg.data))
+        except protocol.ProtocolError as err:
+            self.diag.publish("warn", f"ignoring malformed skill result: {err}")
+
+    def work(self):
+        while self._running:
+            try:
+                task_id, text = self.tasks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self.run_task(task_id, text)
+            except Exception as err:  # a bug in one task must not take the node down
+                if not self.context.ok():
+                    return
+                self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
+            finally:
+                self.busy.clear()
+
+    def run_task(self, task_id: str, text: str):
+        shown = text[:protocol.MAX_INSTRUCTION_CHARS]
+        self.status(task_id, shown, "received", "reading the instruction")
+        understanding = understand(text, self.objects, self.stations)
+        if understanding.refusal:
+            self.status(task_id, shown, "refused", understanding.refusal)
+            return
+        plan = [call.text for call in understanding.calls]
+        for step, call in enumerate(understanding.calls, start=1):
+            self.status(task_id, shown, "executing", call.text, plan, step)
+            success, message = self.run_skill(call)
+            if not success:
+                self.status(task_id, shown, "failed", f"{call.text}: {message}", plan, step)
+                return
+        self.status(task_id, shown, "succeeded", message, plan, len(plan))
+
+    def run_skill(self, call: SkillCall) -> tuple[bool, str]:
+        if call.skill == "navigate":
+            return self.navigate(call.args["station"])
+        skill_id = uuid.uuid4().hex[:8]
+        while not self.skill_results.empty():
+            self.skill_results.get_nowait()
+        publish_json(self.skill_pub, {"id": skill_id, "skill": call.skill, "text": call.text, "args": call.args})
+        deadline = time.monotonic() + self.skill_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                result = self.skill_results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if result["id"] == skill_id:
+                return result["success"], result["message"]
+        return False, f"no skill result within {self.skill_timeout_s:.0f} s (is a skill executor running?)"
+
+    def navigate(self, station: str) -> tuple[bool, str]:
+        while not self.base_status.empty():
+            self.base_status.get_nowait()
+        self.goto_pub.publish(String(data=station))
+        deadline = time.monotonic() + self.navigation_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                status = self.base_status.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if status.get("state") == "arrived" and status.get("station_reached") == station:
+                return True, f"arrived at the {station}"
+            if status.get("state") in ("failed", "refused", "stopped"):
+                return False, status.get("message", "base refused")
+        return False, f"base did not arrive within {self.navigation_timeout_s:.0f} s"
+
+    def close(self):
+        self._running = False
+        self._worker.join(timeout=2.0)
+
+
+def main(args=None) -> int:
+    return run_node(InstructionNode, threads=2, args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""A ROS 2 client of the running stack, for the command line, the demo, benchmarks and tests.
+
+It is an ordinary rclpy node in its own process: it sees exactly what any external ROS 2
+tool would see over DDS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from ros_vla import protocol
+from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
+from ros_vla.perception.ros_messages import image_array
+
+CAMERA_TOPIC = "/{namespace}/camera/color/image_raw"
+
+
+class StackClient:
+    """Starts rclpy (if needed) and spins a client node in a background thread."""
+
+    def __init__(self, name: str = "ros_vla_client"):
+        self._owns_rclpy = not rclpy.ok()
+        if self._owns_rclpy:
+            rclpy.init()
+        self.node: Node = rclpy.create_node(name)
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._statuses: list[dict] = []
+        self._truth: dict | None = None
+        self._images: dict[str, Image] = {}
+        self.instruction_pub = self.node.create_publisher(String, "/instruction", COMMAND_QOS)
+        self.node.create_subscription(String, "/task/status", self._on_status, STATUS_QOS)
+        self.node.create_subscription(String, "/sim/ground_truth/objects", self._on_truth, COMMAND_QOS)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_status(self, msg: String):
+        try:
+            status = protocol.decode("task_status", msg.data)
+        except protocol.ProtocolError:
+            return
+        with self._lock:
+            self._statuses.append(status)
+
+    def _on_truth(self, msg: String):
+        with self._lock:
+            self._truth = json.loads(msg.data)
+
+    def watch_camera(self, namespace: str):
+        topic = CAMERA_TOPIC.format(namespace=namespace)
+
+        def store(msg: Image):
+            with self._lock:
+                self._images[namespace] = msg
+
+        self.node.create_subscription(Image, topic, store, SENSOR_QOS)
+
+    def latest_image(self, namespace: str, newer_than_s: float = 0.0, timeout_s: float = 10.0) -> np.ndarray | None:
+        """Newest RGB frame of a view, stamped after `newer_than_s` (ROS time of the stack)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                msg = self._images.get(namespace)
+            if msg is not None and msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 > newer_than_s:
+                return image_array(msg)
+            time.sleep(0.05)
+        return None
+
+    def ground_truth(self, timeout_s: float = 10.0) -> dict | None:
+        """Simulator ground truth: for evaluation and reports only."""
+        return self.wait_for(lambda: self._truth, timeout_s)
+
+    def wait_for(self, condition: Callable[[], object], timeout_s: float, poll_s: float = 0.05):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                value = condition()
+            if value:
+                return value
+            time.sleep(poll_s)
+        return None
+
+    def wait_for_subscribers(self, timeout_s: float = 30.0) -> bool:
+        """True once someone listens on /instruction (the stack is up)."""
+        return bool(self.wait_for(lambda: self.instruction_pub.get_subscription_count() > 0, timeout_s))
+
+    def say(self, text: str, timeout_s: float = 180.0,
+            on_status: Callable[[dict], None] | None = None) -> dict | None:
+        """Send an instruction and follow task/status until the task ends; returns the last status."""
+        with self._lock:
+            seen = len(self._statuses)
+        self.instruction_pub.publish(String(data=text))
+        task_id = None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                new, seen = self._statuses[seen:], len(self._statuses)
+            for status in new:
+                if task_id is None and status["instruction"] == text[:protocol.MAX_INSTRUCTION_CHARS]:
+                    task_id = status["id"]
+                if status["id"] != task_id:
+                    continue
+                if on_status is not None:
+                    on_status(status)
+                if status["state"] in protocol.TERMINAL_TASK_STATES:
+                    return status
+            time.sleep(0.05)
+        return None
+
+    def close(self):
+        # Stop spinning before tearing down, or the spin thread races the node's destruction.
+        self._executor.shutdown(timeout_sec=2.0)
+        self._thread.join(timeout=2.0)
+        self.node.destroy_node()
+        if self._owns_rclpy:
+            rclpy.try_shutdown()
