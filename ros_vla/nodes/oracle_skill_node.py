@@ -57,7 +57,8 @@ class OracleSkillNode(Node):
         self._worker = start_worker(self, self.work, "oracle")
 
     def on_truth(self, msg: String):
-        self.truth.set(json.loads(msg.data))
+        # Parsed only when a skill needs it: the topic ticks at 30 Hz.
+        self.truth.set(msg)
         self.truth_received.set(time.monotonic())
 
     def on_request(self, msg: String):
@@ -78,7 +79,7 @@ class OracleSkillNode(Node):
     def fresh_truth(self) -> dict | None:
         if time.monotonic() - self.truth_received.get() > self.truth_timeout_s:
             return None
-        return self.truth.get()
+        return json.loads(self.truth.get().data)
 
     def work(self):
         while self._running:

@@ -56,7 +56,7 @@ class CameraOutput:
 class SimCameraNode(Node):
     def __init__(self):
         super().__init__("sim_camera")
-        p = declare(self, scene_file="", cameras=[""], rate_hz=0.0, renderer="egl")
+        p = declare(self, scene_file="", cameras=[""], rate_hz=0.0, renderer="gl")
         scene_path = p["scene_file"] or str(config_file("scene_tabletop.yaml"))
         self.scene = load_scene(scene_path)
         wanted = [name for name in p["cameras"] if name]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -37,13 +37,19 @@ class StackClient:
         self._executor.add_node(self.node)
         self._lock = threading.Lock()
         self._statuses: list[dict] = []
-        self._truth: dict | None = None
+        self._truth: String | None = None
         self._images: dict[str, Image] = {}
         self.instruction_pub = self.node.create_publisher(String, "/instruction", COMMAND_QOS)
         self.node.create_subscription(String, "/task/status", self._on_status, STATUS_QOS)
         self.node.create_subscription(String, "/sim/ground_truth/objects", self._on_truth, COMMAND_QOS)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _spin(self):
+        try:
+            self._executor.spin()
+        except ExternalShutdownException:
+            pass
 
     def _on_status(self, msg: String):
         try:
@@ -55,7 +61,18 @@ class StackClient:
 
     def _on_truth(self, msg: String):
         with self._lock:
-            self._truth = json.loads(msg.data)
+            self._truth = msg
+
+    def follow_json(self, topic: str, callback: Callable[[dict], None]):
+        """Call `callback` with each JSON payload on a std_msgs/String topic (e.g. /arm/status)."""
+
+        def parse(msg: String):
+            try:
+                callback(json.loads(msg.data))
+            except json.JSONDecodeError:
+                pass
+
+        self.node.create_subscription(String, topic, parse, STATUS_QOS)
 
     def watch_camera(self, namespace: str):
         topic = CAMERA_TOPIC.format(namespace=namespace)
@@ -79,11 +96,14 @@ class StackClient:
 
     def ground_truth(self, timeout_s: float = 10.0) -> dict | None:
         """Simulator ground truth: for evaluation and reports only."""
-        return self.wait_for(lambda: self._truth, timeout_s)
+        msg = self.wait_for(lambda: self._truth, timeout_s)
+        return json.loads(msg.data) if msg is not None else None
 
-    def wait_for(self, condition: Callable[[], object], timeout_s: float, poll_s: float = 0.05):
+    def wait_for(self, condition: Callable[[], object], timeout_s: float, poll_s: float = 0.05,
+                 give_up: Callable[[], bool] = lambda: False):
+        """Poll `condition` (under the client's lock) until it is truthy, `give_up()` or timeout."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not give_up():
             with self._lock:
                 value = condition()
             if value:
@@ -91,9 +111,16 @@ class StackClient:
             time.sleep(poll_s)
         return None
 
-    def wait_for_subscribers(self, timeout_s: float = 30.0) -> bool:
+    def wait_for_subscribers(self, timeout_s: float = 30.0, give_up: Callable[[], bool] = lambda: False) -> bool:
         """True once someone listens on /instruction (the stack is up)."""
-        return bool(self.wait_for(lambda: self.instruction_pub.get_subscription_count() > 0, timeout_s))
+        return bool(self.wait_for(lambda: self.instruction_pub.get_subscription_count() > 0, timeout_s,
+                                  give_up=give_up))
+
+    def wait_for_images(self, namespaces: list[str], timeout_s: float,
+                        give_up: Callable[[], bool] = lambda: False) -> bool:
+        """True once every view has delivered a frame (watch_camera first)."""
+        return bool(self.wait_for(lambda: all(ns in self._images for ns in namespaces), timeout_s,
+                                  give_up=give_up))
 
     def say(self, text: str, timeout_s: float = 180.0,
             on_status: Callable[[dict], None] | None = None) -> dict | None:

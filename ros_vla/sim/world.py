@@ -122,10 +122,10 @@ class SimWorld:
 
     # ----------------------------------------------------------------- construction
     def _load_renderer(self, renderer: str) -> str:
-        """gl (our OpenGL renderer, GLRenderer) costs a few ms per 640x480 view; PyBullet's
-        EGL plugin (Mesa or GPU OpenGL) several times more, its tiny software renderer more
-        still. Each falls back to the next where it cannot start. None: the world is never
-        rendered (physics only) and no OpenGL context is created."""
+        """gl (GLRenderer, OpenGL through EGL) costs a few ms of CPU per 640x480 view even on
+        Mesa's software llvmpipe; PyBullet's EGL plugin over ten times more, its tiny software
+        renderer more still. Each falls back to the next where it cannot start. None: the
+        world is never rendered (physics only) and no OpenGL context is created."""
         if renderer is None:
             return "none"
         if renderer == "gl":

@@ -1,0 +1,278 @@
+"""The sim stack as separate processes over DDS, checked by a separate rclpy client.
+
+Launches launch/sim.launch.xml once for the module on an isolated ROS_DOMAIN_ID, then
+checks what an external ROS 2 tool would: topic names, types and rates, and the robot's
+behaviour under commands, emergency stop, a stale base command and bad input.
+"""
+
+import json
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+# Before rclpy is imported anywhere in this process: never talk to another run's nodes.
+os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
+
+from builtin_interfaces.msg import Duration  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import TwistStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from ros_vla.launcher import LaunchRunner, parse_launch_file  # noqa: E402
+from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS  # noqa: E402
+from ros_vla.nodes.stack_client import StackClient  # noqa: E402
+from ros_vla.paths import launch_file  # noqa: E402
+from ros_vla.perception.ros_messages import image_array, time_seconds  # noqa: E402
+from ros_vla.robot import panda  # noqa: E402
+
+VIEWS = ("camera", "side", "wrist")
+EXPECTED_TOPICS = {
+    "/joint_states": "sensor_msgs/msg/JointState",
+    "/odom": "nav_msgs/msg/Odometry",
+    "/tf": "tf2_msgs/msg/TFMessage",
+    "/tf_static": "tf2_msgs/msg/TFMessage",
+    "/clock": "rosgraph_msgs/msg/Clock",
+    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+    "/fr3_arm_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+    "/fr3_gripper/command": "std_msgs/msg/Float64",
+    "/cmd_vel": "geometry_msgs/msg/TwistStamped",
+    "/instruction": "std_msgs/msg/String",
+    "/estop": "std_msgs/msg/Bool",
+    "/task/status": "std_msgs/msg/String",
+    "/sim/ground_truth/objects": "std_msgs/msg/String",
+    **{f"/{v}/camera/color/image_raw": "sensor_msgs/msg/Image" for v in VIEWS},
+    **{f"/{v}/camera/color/camera_info": "sensor_msgs/msg/CameraInfo" for v in VIEWS},
+    **{f"/{v}/camera/aligned_depth_to_color/image_raw": "sensor_msgs/msg/Image" for v in VIEWS},
+    **{f"/{v}/camera/aligned_depth_to_color/camera_info": "sensor_msgs/msg/CameraInfo" for v in VIEWS},
+}
+
+
+class Recorder:
+    """Keeps every message of a topic with its arrival time."""
+
+    def __init__(self, node, msg_type, topic, qos):
+        self.messages = []
+        self.lock = threading.Lock()
+        node.create_subscription(msg_type, topic, self.store, qos)
+
+    def store(self, msg):
+        with self.lock:
+            self.messages.append((time.monotonic(), msg))
+
+    def since(self, t0):
+        with self.lock:
+            return [m for t, m in self.messages if t >= t0]
+
+    def latest(self):
+        with self.lock:
+            return self.messages[-1][1] if self.messages else None
+
+
+def wait_until(condition, timeout_s, poll_s=0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack():
+    runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), {"seed": "2"}),
+                          emit=lambda line: print(line, flush=True))
+    runner.start()
+    client = StackClient("integration_test_client")
+    node = client.node
+    rec = {
+        "joints": Recorder(node, JointState, "/joint_states", COMMAND_QOS),
+        "odom": Recorder(node, Odometry, "/odom", COMMAND_QOS),
+        "diagnostics": Recorder(node, DiagnosticArray, "/diagnostics", STATUS_QOS),
+        "arm_status": Recorder(node, String, "/arm/status", STATUS_QOS),
+        "tf": Recorder(node, TFMessage, "/tf", COMMAND_QOS),
+        "tf_static": Recorder(node, TFMessage, "/tf_static", LATCHED_QOS),
+        "clock": Recorder(node, Clock, "/clock", COMMAND_QOS),
+        "cmd_vel": Recorder(node, TwistStamped, "/cmd_vel", COMMAND_QOS),
+    }
+    for view in VIEWS:
+        rec[f"{view}/color"] = Recorder(node, Image, f"/{view}/camera/color/image_raw", SENSOR_QOS)
+        rec[f"{view}/depth"] = Recorder(node, Image, f"/{view}/camera/aligned_depth_to_color/image_raw", SENSOR_QOS)
+        rec[f"{view}/info"] = Recorder(node, CameraInfo, f"/{view}/camera/color/camera_info", SENSOR_QOS)
+    pubs = {
+        "controller": node.create_publisher(JointTrajectory, "/fr3_arm_controller/joint_trajectory", COMMAND_QOS),
+        "arm_trajectory": node.create_publisher(JointTrajectory, "/arm/joint_trajectory", COMMAND_QOS),
+        "estop": node.create_publisher(Bool, "/estop", COMMAND_QOS),
+        "base_cmd": node.create_publisher(TwistStamped, "/base/cmd_vel", COMMAND_QOS),
+        "goto": node.create_publisher(String, "/base/goto", COMMAND_QOS),
+    }
+    up = client.wait_for_subscribers(120.0) and wait_until(
+        lambda: all(rec[f"{v}/color"].latest() for v in VIEWS) and rec["joints"].latest(), 120.0)
+    if not up:
+        runner.shutdown()
+        client.close()
+        pytest.fail("the sim stack did not come up")
+    yield client, rec, pubs
+    client.close()
+    runner.shutdown()
+    assert not any(p.poll() is None for p in runner.processes.values()), "a node outlived shutdown"
+
+
+def arm_q(rec):
+    msg = rec["joints"].latest()
+    position = dict(zip(msg.name, msg.position))
+    return np.array([position[n] for n in panda.ARM_JOINT_NAMES])
+
+
+def trajectory(names, points):
+    msg = JointTrajectory(joint_names=list(names))
+    for q, t in points:
+        msg.points.append(JointTrajectoryPoint(
+            positions=[float(v) for v in q], time_from_start=Duration(sec=int(t), nanosec=int((t % 1) * 1e9))))
+    return msg
+
+
+def test_topics_have_the_real_robot_names_and_types(stack):
+    client, _, _ = stack
+
+    def missing():
+        seen = dict(client.node.get_topic_names_and_types())
+        return {t: ty for t, ty in EXPECTED_TOPICS.items() if ty not in seen.get(t, [])}
+
+    assert wait_until(lambda: not missing(), 20.0), f"missing or mistyped: {missing()}"
+
+
+def test_sensor_streams(stack):
+    _, rec, _ = stack
+    t0 = time.monotonic()
+    time.sleep(3.0)
+    elapsed = time.monotonic() - t0
+    joints = rec["joints"].since(t0)
+    assert len(joints) / elapsed > 50, "joint_states should stream at ~100 Hz"
+    assert list(joints[-1].name) == list(panda.ARM_JOINT_NAMES) + list(panda.FINGER_JOINT_NAMES)
+    for view in VIEWS:
+        colors = rec[f"{view}/color"].since(t0)
+        assert len(colors) >= 2, f"{view}: {len(colors)} frames in {elapsed:.1f} s"
+        color, depth, info = colors[-1], rec[f"{view}/depth"].latest(), rec[f"{view}/info"].latest()
+        assert (color.encoding, color.width, color.height) == ("rgb8", 640, 480)
+        assert depth.encoding == "16UC1" and depth.header.frame_id == color.header.frame_id
+        assert color.header.frame_id.endswith("_color_optical_frame")
+        assert info.k[0] > 0 and info.width == 640
+        assert 200 < np.median(image_array(depth)) < 4000, "depth in millimetres"
+    clock = [time_seconds(m.clock) for m in rec["clock"].since(t0)]
+    assert clock[-1] - clock[0] > 0.5 * elapsed, "sim time advances at about real time"
+    static_frames = {t.child_frame_id for m in rec["tf_static"].since(0) for t in m.transforms}
+    assert {"odom", "fr3_link0", "camera_link", "camera_color_optical_frame", "side_camera_link",
+            "wrist_camera_color_optical_frame"} <= static_frames
+    dynamic = {(t.header.frame_id, t.child_frame_id) for m in rec["tf"].since(t0) for t in m.transforms}
+    assert ("odom", "base_link") in dynamic
+
+
+def test_trajectory_is_followed(stack):
+    _, rec, pubs = stack
+    q0 = arm_q(rec)
+    goal = q0.copy()
+    goal[6] += 0.3
+    pubs["controller"].publish(trajectory(panda.ARM_JOINT_NAMES, [(goal, 1.0)]))
+    assert wait_until(lambda: np.abs(arm_q(rec) - goal).max() < 0.01, 5.0), f"at {arm_q(rec)}, goal {goal}"
+    pubs["controller"].publish(trajectory(panda.ARM_JOINT_NAMES, [(q0, 1.0)]))
+    assert wait_until(lambda: np.abs(arm_q(rec) - q0).max() < 0.01, 5.0)
+
+
+def test_bad_trajectories_are_refused_without_motion(stack):
+    _, rec, pubs = stack
+    q0 = arm_q(rec)
+    bad = q0.copy()
+    bad[0] = math.nan
+    cases = [
+        (pubs["arm_trajectory"], trajectory(panda.ARM_JOINT_NAMES, [(bad, 1.0)]), "finite"),
+        (pubs["arm_trajectory"], trajectory([f"joint{i}" for i in range(7)], [(q0, 1.0)]), "joint"),
+        (pubs["arm_trajectory"], trajectory(panda.ARM_JOINT_NAMES, [(q0 + 1.0, 0.1)]), "rad/s"),
+        (pubs["controller"], trajectory(panda.ARM_JOINT_NAMES, [(q0 + 1.0, 0.1)]), "rad/s"),
+    ]
+    for publisher, msg, expected in cases:
+        t0 = time.monotonic()
+        publisher.publish(msg)
+
+        def refused():
+            return [s.message for m in rec["diagnostics"].since(t0) for s in m.status
+                    if s.level == s.ERROR and expected in s.message]
+
+        assert wait_until(refused, 5.0), f"no refusal mentioning '{expected}'"
+    time.sleep(0.5)
+    assert np.abs(arm_q(rec) - q0).max() < 2e-3, "a refused trajectory moved the arm"
+
+
+def test_estop_halts_motion_and_refuses_goals(stack):
+    _, rec, pubs = stack
+    q0 = arm_q(rec)
+    goal = q0.copy()
+    goal[0] += 1.0
+    pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(goal, 4.0)]))
+    assert wait_until(lambda: abs(arm_q(rec)[0] - q0[0]) > 0.1, 5.0), "the arm never started moving"
+    pubs["estop"].publish(Bool(data=True))
+    t_stop = time.monotonic()
+    # One control period of the arm node plus the controller's 50 ms hold ramp.
+    time.sleep(0.3)
+    halted = arm_q(rec)
+    time.sleep(1.0)
+    assert np.abs(arm_q(rec) - halted).max() < 0.02, "the arm kept moving after /estop"
+    assert abs(arm_q(rec)[0] - goal[0]) > 0.3
+    t0 = time.monotonic()
+    pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(q0, 4.0)]))
+    assert wait_until(lambda: any("emergency stop" in json.loads(m.data)["message"]
+                                  for m in rec["arm_status"].since(t0)), 5.0)
+    assert time.monotonic() - t_stop < 10
+    pubs["estop"].publish(Bool(data=False))
+    time.sleep(0.3)
+    pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(q0, 3.0)]))
+    assert wait_until(lambda: np.abs(arm_q(rec) - q0).max() < 0.01, 8.0), "no motion after releasing /estop"
+
+
+def test_instruction_is_carried_out(stack):
+    client, _, _ = stack
+    final = client.say("put the yellow block in the purple bowl", timeout_s=120.0)
+    assert final is not None and final["state"] == "succeeded", final
+    truth = client.ground_truth()
+    yellow = next(o for o in truth["objects"] if o["name"] == "yellow_block")
+    bowl = next(o for o in truth["objects"] if o["name"] == "purple_bowl")
+    assert np.linalg.norm(np.subtract(yellow["position"][:2], bowl["position"][:2])) < 0.065
+    refused = client.say("fly me to the moon", timeout_s=20.0)
+    assert refused["state"] == "refused" and refused["message"]
+
+
+def test_base_watchdog_limits_and_goto(stack):
+    _, rec, pubs = stack
+
+    def base_x():
+        return rec["odom"].latest().pose.pose.position.x
+
+    x0 = base_x()
+    command = TwistStamped()
+    command.twist.linear.x = 2.0  # above the 0.5 m/s limit: must be clamped
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        pubs["base_cmd"].publish(command)
+        time.sleep(0.05)
+    t_last = time.monotonic()
+    speeds = [m.twist.linear.x for m in rec["cmd_vel"].since(t0)]
+    assert max(speeds) <= 0.5 + 1e-9 and max(speeds) > 0.2
+    assert base_x() > x0 + 0.1
+    # base_motion's watchdog (0.5 s) then one control period (20 ms) and DDS delivery.
+    assert wait_until(lambda: rec["odom"].latest().twist.twist.linear.x == 0.0, 2.0)
+    stopped_after = time.monotonic() - t_last
+    assert stopped_after < 1.0, f"base stopped {stopped_after:.2f} s after the last command"
+    x_stopped = base_x()
+    time.sleep(0.5)
+    assert abs(base_x() - x_stopped) < 1e-4
+    pubs["goto"].publish(String(data="table"))
+    assert wait_until(lambda: abs(base_x()) < 0.03 and rec["odom"].latest().twist.twist.linear.x == 0.0, 20.0)

@@ -1,0 +1,73 @@
+"""Every <node> in every launch file names a console_scripts entry point of setup.py, its
+parameter files exist and have a section for it, and every parameter set there is one
+the node declares."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ros_vla.launcher import parse_launch_file
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_LEVEL_LAUNCH_FILES = ["sim.launch.xml", "robot.launch.xml"]
+# Parameters every rclpy node has without declaring them.
+BUILT_IN_PARAMETERS = {"use_sim_time"}
+
+
+def console_scripts() -> dict[str, str]:
+    setup = (ROOT / "setup.py").read_text()
+    nodes = re.search(r"NODES = \[(.*?)\]", setup, re.S).group(1)
+    scripts = {name: f"ros_vla.nodes.{name}" for name in re.findall(r'"(\w+)"', nodes)}
+    assert "ros-vla = ros_vla.cli:main" in setup
+    return scripts
+
+
+def declared_parameters(module: str) -> set[str]:
+    """Names passed to declare(self, name=default, ...) in a node module."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names = set()
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "declare":
+            names |= {keyword.arg for keyword in call.keywords}
+    return names
+
+
+def launched_nodes():
+    for launch in TOP_LEVEL_LAUNCH_FILES:
+        for node in parse_launch_file(ROOT / "launch" / launch):
+            yield pytest.param(node, id=f"{launch}:{node.name}")
+
+
+def test_every_launch_file_is_covered():
+    included = {"stack.launch.xml"}
+    assert {p.name for p in (ROOT / "launch").glob("*.xml")} == set(TOP_LEVEL_LAUNCH_FILES) | included
+
+
+def test_robot_launch_has_no_simulation_or_oracle():
+    names = {node.executable for node in parse_launch_file(ROOT / "launch" / "robot.launch.xml")}
+    assert not {n for n in names if n.startswith("sim_") or "oracle" in n}
+
+
+@pytest.mark.parametrize("node", list(launched_nodes()))
+def test_node_matches_entry_point_and_parameters(node):
+    scripts = console_scripts()
+    assert node.pkg == "ros_vla"
+    assert node.executable in scripts, f"{node.executable} is not a console_scripts entry point"
+    declared = declared_parameters(scripts[node.executable]) | BUILT_IN_PARAMETERS
+    assert node.parameter_files, f"{node.name} has no parameter file"
+    for parameter_file in node.parameter_files:
+        assert parameter_file.is_file()
+        sections = yaml.safe_load(parameter_file.read_text())
+        assert node.name in sections, f"{parameter_file.name} has no section for {node.name}"
+        parameters = sections[node.name]["ros__parameters"]
+        assert set(parameters) <= declared, f"undeclared in {node.name}: {set(parameters) - declared}"
+    assert set(node.parameters) <= declared
+
+
+def test_robot_starts_disarmed():
+    sections = yaml.safe_load((ROOT / "config" / "robot.yaml").read_text())
+    assert sections["arm_motion"]["ros__parameters"]["armed"] is False
+    assert sections["base_motion"]["ros__parameters"]["armed"] is False
