@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from ros_vla.paths import use_project_dds_profile
+
 
 def _say(args) -> int:
     from ros_vla.nodes.stack_client import StackClient
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    use_project_dds_profile()
     if argv and argv[0] == "launch":
         return _launch(None, argv[1:])
     args = build_parser().parse_args(argv)

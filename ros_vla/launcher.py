@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
-from ros_vla.paths import PACKAGE, package_share
+from ros_vla.paths import PACKAGE, package_share, use_project_dds_profile
 
 
 class LaunchError(Exception):
@@ -568,6 +568,8 @@ class LaunchRunner:
         """Start every node and return at once."""
         if self._supervisors:
             raise RuntimeError("LaunchRunner.start() was already called")
+        # Children inherit it: camera images need the larger shared-memory segments.
+        use_project_dds_profile()
         for child in self._children:
             supervisor = threading.Thread(
                 target=self._supervise, args=(child,), name=f"launch-{child.label}", daemon=True

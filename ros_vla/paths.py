@@ -32,3 +32,13 @@ def config_file(name: str) -> Path:
 
 def launch_file(name: str) -> Path:
     return package_share() / "launch" / name
+
+
+def use_project_dds_profile() -> None:
+    """Point Fast DDS at config/fastdds.xml (shared-memory segments big enough for camera
+    images) unless the user chose a profile. Call before rclpy.init or starting nodes."""
+    # Fast DDS 2.x (Humble, Jazzy) reads the older variable name; 3.x warns if it is set.
+    older = os.environ.get("ROS_DISTRO", "") in ("humble", "iron", "jazzy")
+    variable = "FASTRTPS_DEFAULT_PROFILES_FILE" if older else "FASTDDS_DEFAULT_PROFILES_FILE"
+    if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
+        os.environ[variable] = str(config_file("fastdds.xml"))

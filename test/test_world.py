@@ -4,13 +4,16 @@ import numpy as np
 import pytest
 
 from ros_vla.paths import config_file
-from ros_vla.robot import kinematics
+from ros_vla.robot import kinematics, panda
 from ros_vla.robot.motion import (
-    MotionConfig, check_pick_place_targets, pick_place_steps, plan_cartesian_line, plan_joint_move,
+    MotionConfig,
+    check_pick_place_targets,
+    pick_place_steps,
+    plan_cartesian_line,
+    plan_joint_move,
     plan_pose_goal,
 )
 from ros_vla.robot.safety import JointLimits, validate_joint_trajectory
-from ros_vla.robot import panda
 from ros_vla.sim.goals import object_in_container, pose_in_frame
 from ros_vla.sim.scene import load_scene
 from ros_vla.sim.world import SimWorld

@@ -387,7 +387,7 @@ class ArmMotionNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(ArmMotionNode, threads=2, args=args)
+    return run_node(ArmMotionNode, args=args)
 
 
 if __name__ == "__main__":

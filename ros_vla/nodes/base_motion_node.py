@@ -174,7 +174,7 @@ class BaseMotionNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(BaseMotionNode, threads=1, args=args)
+    return run_node(BaseMotionNode, args=args)
 
 
 if __name__ == "__main__":

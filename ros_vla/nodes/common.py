@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
@@ -64,15 +64,18 @@ def declare(node: Node, **defaults):
     return values
 
 
-def run_node(factory: Callable[[], Node], threads: int = 2, args=None) -> int:
-    """Spin a node until Ctrl-C or shutdown; callbacks may run in parallel with `threads` > 1."""
+def run_node(factory: Callable[[], Node], args=None) -> int:
+    """Spin a node until Ctrl-C or shutdown.
+
+    Single-threaded on purpose: every callback here only stores or forwards a message
+    (models and long motions run in worker threads), and rclpy's multi-threaded
+    executor costs several times more CPU per message.
+    """
     rclpy.init(args=args)
     node = None
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
+        rclpy.spin(node, executor=SingleThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

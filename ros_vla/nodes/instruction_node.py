@@ -140,7 +140,7 @@ class InstructionNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(InstructionNode, threads=2, args=args)
+    return run_node(InstructionNode, args=args)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ class OracleSkillNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(OracleSkillNode, threads=2, args=args)
+    return run_node(OracleSkillNode, args=args)
 
 
 if __name__ == "__main__":

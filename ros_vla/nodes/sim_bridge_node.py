@@ -232,7 +232,7 @@ class SimBridgeNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(SimBridgeNode, threads=2, args=args)
+    return run_node(SimBridgeNode, args=args)
 
 
 if __name__ == "__main__":

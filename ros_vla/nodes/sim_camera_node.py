@@ -147,7 +147,7 @@ class SimCameraNode(Node):
 
 
 def main(args=None) -> int:
-    return run_node(SimCameraNode, threads=1, args=args)
+    return run_node(SimCameraNode, args=args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from std_msgs.msg import String
 
 from ros_vla import protocol
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
+from ros_vla.paths import use_project_dds_profile
 from ros_vla.perception.ros_messages import image_array
 
 CAMERA_TOPIC = "/{namespace}/camera/color/image_raw"
@@ -29,6 +30,7 @@ class StackClient:
     """Starts rclpy (if needed) and spins a client node in a background thread."""
 
     def __init__(self, name: str = "ros_vla_client"):
+        use_project_dds_profile()
         self._owns_rclpy = not rclpy.ok()
         if self._owns_rclpy:
             rclpy.init()
