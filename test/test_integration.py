@@ -127,6 +127,15 @@ def stack():
     assert not any(p.poll() is None for p in runner.processes.values()), "a node outlived shutdown"
 
 
+def settled_arm_q(rec, timeout_s=5.0):
+    """Joint positions once the arm has come to rest (a previous motion may still be settling)."""
+    def at_rest():
+        msg = rec["joints"].latest()
+        return msg is not None and max(abs(v) for v in msg.velocity[:7]) < 2e-3
+    wait_until(at_rest, timeout_s)
+    return arm_q(rec)
+
+
 def arm_q(rec):
     msg = rec["joints"].latest()
     position = dict(zip(msg.name, msg.position))
@@ -179,7 +188,7 @@ def test_sensor_streams(stack):
 
 def test_trajectory_is_followed(stack):
     _, rec, pubs = stack
-    q0 = arm_q(rec)
+    q0 = settled_arm_q(rec)
     goal = q0.copy()
     goal[6] += 0.3
     pubs["controller"].publish(trajectory(panda.ARM_JOINT_NAMES, [(goal, 1.0)]))
@@ -190,7 +199,7 @@ def test_trajectory_is_followed(stack):
 
 def test_bad_trajectories_are_refused_without_motion(stack):
     _, rec, pubs = stack
-    q0 = arm_q(rec)
+    q0 = settled_arm_q(rec)
     bad = q0.copy()
     bad[0] = math.nan
     cases = [
@@ -214,7 +223,7 @@ def test_bad_trajectories_are_refused_without_motion(stack):
 
 def test_estop_halts_motion_and_refuses_goals(stack):
     _, rec, pubs = stack
-    q0 = arm_q(rec)
+    q0 = settled_arm_q(rec)
     goal = q0.copy()
     goal[0] += 1.0
     pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(goal, 4.0)]))
@@ -236,6 +245,39 @@ def test_estop_halts_motion_and_refuses_goals(stack):
     time.sleep(0.3)
     pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(q0, 3.0)]))
     assert wait_until(lambda: np.abs(arm_q(rec) - q0).max() < 0.01, 8.0), "no motion after releasing /estop"
+
+
+def test_ee_delta_stream_moves_then_holds(stack):
+    from geometry_msgs.msg import TransformStamped
+
+    from ros_vla.robot.kinematics import forward_kinematics
+
+    _, rec, pubs = stack
+    node = stack[0].node
+    delta_pub = node.create_publisher(TransformStamped, "/arm/ee_delta", COMMAND_QOS)
+    home = settled_arm_q(rec)
+    start = forward_kinematics(arm_q(rec))[:3, 3]
+    delta = TransformStamped()
+    delta.header.frame_id = "fr3_link0"
+    delta.transform.translation.z = 0.01
+    delta.transform.rotation.w = 1.0
+    for _ in range(10):  # 10 cm up at 10 Hz
+        pubs_time = time.monotonic()
+        delta_pub.publish(delta)
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - pubs_time)))
+    time.sleep(1.0)  # the stream stopped: the watchdog holds the arm where it is
+    moved = forward_kinematics(arm_q(rec))[:3, 3] - start
+    assert 0.05 < moved[2] < 0.12 and np.abs(moved[:2]).max() < 0.01, moved
+    held = arm_q(rec)
+    time.sleep(0.5)
+    assert np.abs(arm_q(rec) - held).max() < 2e-3
+    t0 = time.monotonic()
+    delta.transform.translation.z = math.nan
+    delta_pub.publish(delta)
+    assert wait_until(lambda: any("ee_delta refused" in s.message for m in rec["diagnostics"].since(t0)
+                                  for s in m.status), 3.0)
+    pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(home, 2.0)]))
+    assert wait_until(lambda: np.abs(arm_q(rec) - home).max() < 0.01, 6.0)
 
 
 def test_instruction_is_carried_out(stack):

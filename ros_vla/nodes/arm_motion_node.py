@@ -29,6 +29,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ros_vla import protocol
 from ros_vla.nodes.common import (
     COMMAND_QOS,
+    SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
     Latest,
@@ -98,8 +99,8 @@ class ArmMotionNode(Node):
         self.diag = Diagnostics(self)
 
         self.controller_pub = self.create_publisher(
-            JointTrajectory, "/fr3_arm_controller/joint_trajectory", COMMAND_QOS)
-        self.gripper_pub = self.create_publisher(Float64, "/fr3_gripper/command", COMMAND_QOS)
+            JointTrajectory, "fr3_arm_controller/joint_trajectory", COMMAND_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "fr3_gripper/command", COMMAND_QOS)
         self.preview_trajectory_pub = self.create_publisher(
             JointTrajectory, "arm/preview/joint_trajectory", COMMAND_QOS)
         self.preview_gripper_pub = self.create_publisher(Float64, "arm/preview/gripper", COMMAND_QOS)
@@ -112,14 +113,15 @@ class ArmMotionNode(Node):
         self.goals: queue.Queue[Goal] = queue.Queue()
         self.current_goal_id = ""
         self.holding_for_stale_delta = False
-        self.create_subscription(JointState, "/joint_states", self.on_joint_state, COMMAND_QOS)
-        self.create_subscription(Bool, "/estop", self.on_estop, COMMAND_QOS)
+        self.ee_delta = Latest()
+        self.create_subscription(JointState, "joint_states", self.on_joint_state, SENSOR_QOS)
+        self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.create_subscription(PoseStamped, "arm/pose_goal", self.on_pose_goal, COMMAND_QOS)
         self.create_subscription(TransformStamped, "arm/ee_delta", self.on_ee_delta, COMMAND_QOS)
         self.create_subscription(String, "arm/pick_place", self.on_pick_place, COMMAND_QOS)
         self.create_subscription(JointTrajectory, "arm/joint_trajectory", self.on_joint_trajectory, COMMAND_QOS)
         self.add_on_set_parameters_callback(self.on_parameters)
-        self.create_timer(self.ee_delta_period_s, self.check_ee_delta_watchdog)
+        self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
         self._running = True
         self._worker = start_worker(self, self.work, "motion")
@@ -166,7 +168,20 @@ class ArmMotionNode(Node):
         self.goals.put(Goal("pose", "", target))
 
     def on_ee_delta(self, msg: TransformStamped):
-        """Streamed displacements are executed at once (no queue): the newest one wins."""
+        """Keep only the newest displacement; the control timer executes it."""
+        self.ee_delta.set(msg)
+
+    def step_ee_delta(self):
+        """Control tick for streamed displacements (the IK runs here, never in a callback);
+        a stream that goes silent makes the arm hold instead of drifting."""
+        msg = self.ee_delta.take()
+        if msg is None:
+            if self.ee_delta_watchdog.expired(time.monotonic()) and not self.holding_for_stale_delta:
+                if self.ee_delta_watchdog.seconds_since_feed(time.monotonic()) != float("inf"):
+                    self.holding_for_stale_delta = True
+                    self.hold_position()
+                    self.diag.publish("warn", "ee_delta stream went stale: holding position")
+            return
         if msg.header.frame_id not in ACCEPTED_FRAMES:
             self.refuse("", f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
             return
@@ -189,15 +204,6 @@ class ArmMotionNode(Node):
         self.ee_delta_watchdog.feed(time.monotonic())
         self.holding_for_stale_delta = False
         self.send_trajectory(plan)
-
-    def check_ee_delta_watchdog(self):
-        """A policy that stops streaming deltas must not leave the arm drifting."""
-        if self.ee_delta_watchdog.seconds_since_feed(time.monotonic()) == float("inf"):
-            return
-        if self.ee_delta_watchdog.expired(time.monotonic()) and not self.holding_for_stale_delta:
-            self.holding_for_stale_delta = True
-            self.hold_position()
-            self.diag.publish("warn", "ee_delta stream went stale: holding position")
 
     def on_pick_place(self, msg: String):
         try:

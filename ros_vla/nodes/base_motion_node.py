@@ -18,7 +18,16 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import Bool, String
 
-from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Diagnostics, Latest, declare, publish_json, run_node
+from ros_vla.nodes.common import (
+    COMMAND_QOS,
+    SENSOR_QOS,
+    STATUS_QOS,
+    Diagnostics,
+    Latest,
+    declare,
+    publish_json,
+    run_node,
+)
 from ros_vla.paths import config_file
 from ros_vla.robot.kinematics import matrix_from_quaternion
 from ros_vla.robot.safety import BaseVelocityLimiter, Watchdog, finite
@@ -57,7 +66,7 @@ class BaseMotionNode(Node):
         self.stations = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml")).stations
         self.diag = Diagnostics(self)
 
-        self.cmd_pub = self.create_publisher(TwistStamped, "/cmd_vel", COMMAND_QOS)
+        self.cmd_pub = self.create_publisher(TwistStamped, "cmd_vel", COMMAND_QOS)
         self.preview_pub = self.create_publisher(TwistStamped, "base/preview/cmd_vel", COMMAND_QOS)
         self.status_pub = self.create_publisher(String, "base/status", STATUS_QOS)
         self.command = Latest((0.0, 0.0, 0.0))
@@ -67,8 +76,8 @@ class BaseMotionNode(Node):
         self.was_moving = False
         self.create_subscription(TwistStamped, "base/cmd_vel", self.on_cmd_vel, COMMAND_QOS)
         self.create_subscription(String, "base/goto", self.on_goto, COMMAND_QOS)
-        self.create_subscription(Odometry, "/odom", self.on_odom, COMMAND_QOS)
-        self.create_subscription(Bool, "/estop", self.on_estop, COMMAND_QOS)
+        self.create_subscription(Odometry, "odom", self.on_odom, SENSOR_QOS)
+        self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.add_on_set_parameters_callback(self.on_parameters)
         self.create_timer(self.period_s, self.control)
         self.publish_status("idle", "ready" if self.armed else "dry run: not armed")

@@ -41,7 +41,7 @@ class InstructionNode(Node):
         self.base_status: queue.Queue[dict] = queue.Queue()
         self.tasks: queue.Queue[tuple[str, str]] = queue.Queue()
         self.busy = threading.Event()
-        self.create_subscription(String, "/instruction", self.on_instruction, COMMAND_QOS)
+        self.create_subscription(String, "instruction", self.on_instruction, COMMAND_QOS)
         self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
         self.create_subscription(String, "base/status", lambda m: self.base_status.put(json.loads(m.data)),
                                  STATUS_QOS)

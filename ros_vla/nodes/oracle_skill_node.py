@@ -50,7 +50,7 @@ class OracleSkillNode(Node):
         self.requests: queue.Queue[dict] = queue.Queue()
         self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
         self.pick_place_pub = self.create_publisher(String, "arm/pick_place", COMMAND_QOS)
-        self.create_subscription(String, "/sim/ground_truth/objects", self.on_truth, COMMAND_QOS)
+        self.create_subscription(String, "sim/ground_truth/objects", self.on_truth, COMMAND_QOS)
         self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
         self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
         self._running = True

@@ -62,23 +62,23 @@ class SimBridgeNode(Node):
         self.diag = Diagnostics(self, hardware_id="pybullet")
 
         self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-        self.joint_pub = self.create_publisher(JointState, "/joint_states", COMMAND_QOS)
-        self.odom_pub = self.create_publisher(Odometry, "/odom", COMMAND_QOS)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", COMMAND_QOS)
+        self.odom_pub = self.create_publisher(Odometry, "odom", COMMAND_QOS)
         self.tf_pub = self.create_publisher(TFMessage, "/tf", COMMAND_QOS)
         self.tf_static_pub = self.create_publisher(TFMessage, "/tf_static", LATCHED_QOS)
-        self.truth_pub = self.create_publisher(String, "/sim/ground_truth/objects", COMMAND_QOS)
+        self.truth_pub = self.create_publisher(String, "sim/ground_truth/objects", COMMAND_QOS)
 
         self.pending_trajectory = Latest()
         self.pending_gripper = Latest()
         self.pending_reset = Latest()
         self.base_command = Latest((0.0, 0.0, 0.0))
         self.base_watchdog = Watchdog(p["cmd_vel_timeout_s"])
-        self.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory",
+        self.create_subscription(JointTrajectory, "fr3_arm_controller/joint_trajectory",
                                  self.pending_trajectory.set, COMMAND_QOS)
-        self.create_subscription(Float64, "/fr3_gripper/command", lambda m: self.pending_gripper.set(m.data),
+        self.create_subscription(Float64, "fr3_gripper/command", lambda m: self.pending_gripper.set(m.data),
                                  COMMAND_QOS)
-        self.create_subscription(TwistStamped, "/cmd_vel", self.on_cmd_vel, COMMAND_QOS)
-        self.create_subscription(Int32, "/sim/reset", lambda m: self.pending_reset.set(m.data), COMMAND_QOS)
+        self.create_subscription(TwistStamped, "cmd_vel", self.on_cmd_vel, COMMAND_QOS)
+        self.create_subscription(Int32, "sim/reset", lambda m: self.pending_reset.set(m.data), COMMAND_QOS)
 
         self.publish_static_transforms()
         self.stats = {"refused_trajectories": 0}
@@ -128,38 +128,34 @@ class SimBridgeNode(Node):
     def simulate(self):
         self.world = world = SimWorld(self.scene, **self.world_options)
         self.get_logger().info(f"simulating {self.scene_path} (seed {world.seed})")
-        next_clock = next_joint_state = next_truth = 0.0
-        wall_start, sim_start = time.monotonic(), world.time_s
-        last_report = time.monotonic()
+        # The ROS clock keeps running across /sim/reset (the world's own time restarts),
+        # so nodes using sim time never see time go backwards.
+        sim_time = next_clock = next_joint_state = next_truth = 0.0
+        wall_start = last_report = time.monotonic()
         try:
             while self._running:
                 self.apply_commands()
                 world.step(1)
-                now = world.time_s
-                stamp = rm.time_msg(now)
+                sim_time += world.time_step_s
+                stamp = rm.time_msg(sim_time)
                 # Each stream is due on its own period of sim time; a small epsilon keeps
                 # rates exact when a period is a multiple of the physics step.
-                if now + 1e-9 >= next_clock:
+                if sim_time + 1e-9 >= next_clock:
                     next_clock += self.clock_period
                     self.clock_pub.publish(Clock(clock=stamp))
-                if now + 1e-9 >= next_joint_state:
+                if sim_time + 1e-9 >= next_joint_state:
                     next_joint_state += self.joint_state_period
                     self.publish_robot_state(stamp)
-                if now + 1e-9 >= next_truth:
+                if sim_time + 1e-9 >= next_truth:
                     next_truth += self.ground_truth_period
-                    self.publish_ground_truth(now)
+                    self.publish_ground_truth(sim_time)
                 if self.real_time_factor > 0:
-                    ahead = (now - sim_start) / self.real_time_factor - (time.monotonic() - wall_start)
+                    ahead = sim_time / self.real_time_factor - (time.monotonic() - wall_start)
                     if ahead > 0:
                         time.sleep(ahead)
                 if time.monotonic() - last_report > 5.0:
                     last_report = time.monotonic()
-                    self.report(now - sim_start, last_report - wall_start)
-        except Exception as err:
-            if not self.context.ok():
-                return  # shutting down: publishers are gone
-            self.diag.publish("error", f"simulation stopped: {err!r}")
-            raise
+                    self.report(sim_time, last_report - wall_start)
         finally:
             world.close()
 

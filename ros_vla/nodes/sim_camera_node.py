@@ -22,7 +22,16 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
-from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, Diagnostics, Latest, declare, run_node, start_worker
+from ros_vla.nodes.common import (
+    CAMERA_PUB_QOS,
+    COMMAND_QOS,
+    SENSOR_QOS,
+    Diagnostics,
+    Latest,
+    declare,
+    run_node,
+    start_worker,
+)
 from ros_vla.paths import config_file
 from ros_vla.perception import ros_messages as rm
 from ros_vla.robot import panda
@@ -33,7 +42,7 @@ from ros_vla.sim.world import SimWorld
 
 class CameraOutput:
     def __init__(self, node: Node, spec: CameraSpec, rate_hz: float):
-        prefix = f"/{spec.namespace}/camera"
+        prefix = f"{spec.namespace}/camera"
         self.spec = spec
         self.period_s = 1.0 / rate_hz
         self.next_due_s = 0.0
@@ -71,9 +80,9 @@ class SimCameraNode(Node):
         self.joint_state = Latest()
         self.odom = Latest()
         self.objects = Latest()
-        self.create_subscription(JointState, "/joint_states", self.joint_state.set, COMMAND_QOS)
-        self.create_subscription(Odometry, "/odom", self.odom.set, COMMAND_QOS)
-        self.create_subscription(String, "/sim/ground_truth/objects", self.objects.set, COMMAND_QOS)
+        self.create_subscription(JointState, "joint_states", self.joint_state.set, SENSOR_QOS)
+        self.create_subscription(Odometry, "odom", self.odom.set, SENSOR_QOS)
+        self.create_subscription(String, "sim/ground_truth/objects", self.objects.set, COMMAND_QOS)
 
         self.render_times: list[float] = []
         self._running = True
@@ -129,9 +138,6 @@ class SimCameraNode(Node):
                 if time.monotonic() - last_report > 5.0:
                     last_report = time.monotonic()
                     self.report()
-        except Exception:
-            if self.context.ok():
-                raise
         finally:
             world.close()
 

@@ -38,6 +38,7 @@ class StackClient:
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
         self._lock = threading.Lock()
+        self._closing = False
         self._statuses: list[dict] = []
         self._truth: String | None = None
         self._images: dict[str, Image] = {}
@@ -52,6 +53,9 @@ class StackClient:
             self._executor.spin()
         except ExternalShutdownException:
             pass
+        except Exception:
+            if not self._closing:
+                raise  # a real failure; during close() the node's handles vanish under the spin
 
     def _on_status(self, msg: String):
         try:
@@ -149,6 +153,7 @@ class StackClient:
 
     def close(self):
         # Stop spinning before tearing down, or the spin thread races the node's destruction.
+        self._closing = True
         self._executor.shutdown(timeout_sec=2.0)
         self._thread.join(timeout=2.0)
         self.node.destroy_node()

@@ -11,6 +11,7 @@ reads object poses from here is ground truth, for evaluation and oracles only.
 
 from __future__ import annotations
 
+import functools
 import pkgutil
 import sys
 from dataclasses import dataclass
@@ -103,9 +104,6 @@ class JointTrajectoryFollower:
         alpha = (t - self._times[i]) / max(self._times[i + 1] - self._times[i], 1e-9)
         return (1 - alpha) * self._points[i] + alpha * self._points[i + 1]
 
-    def done(self, now: float) -> bool:
-        return now - self._start_time >= self._times[-1]
-
 
 class SimWorld:
     """The simulated robot and its scene. All poses are in the map frame unless named."""
@@ -115,6 +113,7 @@ class SimWorld:
         self.scene = scene
         self.time_step_s = time_step_s
         self.client = pybullet.connect(pybullet.DIRECT)
+        self._p = _ClientBound(self.client)
         self._gl_renderer: GLRenderer | None = None
         self.renderer = self._load_renderer(renderer)
         self.objects: dict[str, SimObject] = {}
@@ -151,10 +150,6 @@ class SimWorld:
         cid = self._p.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half_extents) if collision else -1
         vid = self._p.createVisualShape(pybullet.GEOM_BOX, halfExtents=half_extents, rgbaColor=rgba)
         return self._p.createMultiBody(mass, cid, vid, position)
-
-    @property
-    def _p(self):
-        return _ClientBound(self.client)
 
     def _reset_world(self, seed: int):
         p = self._p
@@ -455,10 +450,6 @@ class _ClientBound:
         self._client = client
 
     def __getattr__(self, name):
-        fn = getattr(pybullet, name)
-
-        def bound(*args, **kwargs):
-            kwargs.setdefault("physicsClientId", self._client)
-            return fn(*args, **kwargs)
-
+        bound = functools.partial(getattr(pybullet, name), physicsClientId=self._client)
+        setattr(self, name, bound)  # later look-ups skip __getattr__: this is the physics hot path
         return bound
