@@ -112,6 +112,7 @@ class ArmMotionNode(Node):
         self.estopped = threading.Event()
         self.goals: queue.Queue[Goal] = queue.Queue()
         self.current_goal_id = ""
+        self.busy = threading.Event()  # a queued goal is executing: streamed deltas are refused
         self.holding_for_stale_delta = False
         self.ee_delta = Latest()
         self.create_subscription(JointState, "joint_states", self.on_joint_state, SENSOR_QOS)
@@ -185,7 +186,7 @@ class ArmMotionNode(Node):
         if msg.header.frame_id not in ACCEPTED_FRAMES:
             self.refuse("", f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
             return
-        if self.estopped.is_set() or self.current_goal_id:
+        if self.estopped.is_set() or self.busy.is_set():
             self.refuse("", "ee_delta refused: " + ("emergency stop" if self.estopped.is_set() else "busy with a goal"))
             return
         q_now = self.current_positions()
@@ -295,6 +296,7 @@ class ArmMotionNode(Node):
             if not self.context.ok():
                 return
             self.current_goal_id = goal.goal_id
+            self.busy.set()
             try:
                 if self.estopped.is_set():
                     raise MotionAborted("emergency stop is engaged")
@@ -316,6 +318,7 @@ class ArmMotionNode(Node):
                 self.refuse(goal.goal_id, f"internal error: {err!r}")
             finally:
                 self.current_goal_id = ""
+                self.busy.clear()
 
     def execute(self, plan: Plan, what: str):
         if not plan.ok:
