@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 # Before rclpy is imported anywhere in this process: never talk to another run's nodes.
-os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 80)
+os.environ["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 131)  # 101..231: above common defaults
 
 from builtin_interfaces.msg import Duration  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402

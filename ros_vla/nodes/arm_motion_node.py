@@ -12,7 +12,6 @@ pick/place never blocks /estop, which halts the arm from its callback at once.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -33,10 +32,10 @@ from ros_vla.nodes.common import (
     STATUS_QOS,
     Diagnostics,
     Latest,
+    QueueWorker,
     declare,
     publish_json,
     run_node,
-    start_worker,
 )
 from ros_vla.perception.ros_messages import matrix_from_transform
 from ros_vla.robot import panda
@@ -110,7 +109,6 @@ class ArmMotionNode(Node):
         self.joint_state = Latest()
         self.joint_state_received = Latest(0.0)
         self.estopped = threading.Event()
-        self.goals: queue.Queue[Goal] = queue.Queue()
         self.current_goal_id = ""
         self.busy = threading.Event()  # a queued goal is executing: streamed deltas are refused
         self.holding_for_stale_delta = False
@@ -124,8 +122,7 @@ class ArmMotionNode(Node):
         self.add_on_set_parameters_callback(self.on_parameters)
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
-        self._running = True
-        self._worker = start_worker(self, self.work, "motion")
+        self.goals = QueueWorker(self, self.work, "motion")
         self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
 
     # ----------------------------------------------------------------- inputs
@@ -287,38 +284,33 @@ class ArmMotionNode(Node):
         (self.controller_pub if self.armed else self.preview_trajectory_pub).publish(self.trajectory_msg(plan))
 
     # ----------------------------------------------------------------- worker
-    def work(self):
-        while self._running:
-            try:
-                goal = self.goals.get(timeout=0.1)
-            except queue.Empty:
-                continue
+    def work(self, goal: Goal):
+        if not self.context.ok():
+            return
+        self.current_goal_id = goal.goal_id
+        self.busy.set()
+        try:
+            if self.estopped.is_set():
+                raise MotionAborted("emergency stop is engaged")
+            if self.current_positions() is None:
+                raise MotionAborted("no fresh /joint_states: is the robot driver running?")
+            if not self.armed:
+                raise MotionAborted("dry run: the arm is not armed (set parameter armed:=true)")
+            message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,
+                       "trajectory": self.run_trajectory}[goal.kind](goal.payload)
+            self.publish_status("idle", message)
+            if goal.goal_id:
+                publish_json(self.result_pub, {"id": goal.goal_id, "success": True, "message": message,
+                                               "gripper_width_m": self.gripper_width()})
+        except MotionAborted as err:
+            self.refuse(goal.goal_id, str(err))
+        except Exception as err:  # never let one bad goal kill the worker
             if not self.context.ok():
                 return
-            self.current_goal_id = goal.goal_id
-            self.busy.set()
-            try:
-                if self.estopped.is_set():
-                    raise MotionAborted("emergency stop is engaged")
-                if self.current_positions() is None:
-                    raise MotionAborted("no fresh /joint_states: is the robot driver running?")
-                if not self.armed:
-                    raise MotionAborted("dry run: the arm is not armed (set parameter armed:=true)")
-                message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,
-                           "trajectory": self.run_trajectory}[goal.kind](goal.payload)
-                self.publish_status("idle", message)
-                if goal.goal_id:
-                    publish_json(self.result_pub, {"id": goal.goal_id, "success": True, "message": message,
-                                                   "gripper_width_m": self.gripper_width()})
-            except MotionAborted as err:
-                self.refuse(goal.goal_id, str(err))
-            except Exception as err:  # never let one bad goal kill the worker
-                if not self.context.ok():
-                    return
-                self.refuse(goal.goal_id, f"internal error: {err!r}")
-            finally:
-                self.current_goal_id = ""
-                self.busy.clear()
+            self.refuse(goal.goal_id, f"internal error: {err!r}")
+        finally:
+            self.current_goal_id = ""
+            self.busy.clear()
 
     def execute(self, plan: Plan, what: str):
         if not plan.ok:
@@ -391,8 +383,7 @@ class ArmMotionNode(Node):
         return "pick and place done"
 
     def close(self):
-        self._running = False
-        self._worker.join(timeout=2.0)
+        self.goals.close()
 
 
 def main(args=None) -> int:

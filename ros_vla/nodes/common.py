@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 
@@ -106,6 +108,58 @@ def start_worker(node: Node, target: Callable[[], None], name: str) -> threading
     thread = threading.Thread(target=guarded, name=name, daemon=True)
     thread.start()
     return thread
+
+
+class QueueWorker:
+    """One worker thread handling queued items (goals, tasks, requests) one at a time, so
+    callbacks only enqueue and long work never blocks the executor."""
+
+    def __init__(self, node: Node, handle: Callable[[object], None], name: str):
+        self._queue: queue.Queue = queue.Queue()
+        self._handle = handle
+        self._running = True
+        self._thread = start_worker(node, self._loop, name)
+
+    def put(self, item):
+        self._queue.put(item)
+
+    def _loop(self):
+        while self._running:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._handle(item)
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=2.0)
+
+
+class Replies:
+    """JSON replies arriving on a topic, for a worker waiting on the one for its request."""
+
+    def __init__(self):
+        self._queue: queue.Queue[dict] = queue.Queue()
+
+    def put(self, reply: dict):
+        self._queue.put(reply)
+
+    def clear(self):
+        """Forget replies to earlier requests; call before sending a new one."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def wait(self, matches: Callable[[dict], bool], timeout_s: float) -> dict | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if matches(reply):
+                return reply
+        return None
 
 
 class Latest:

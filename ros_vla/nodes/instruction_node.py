@@ -9,9 +9,7 @@ base/status. One task at a time; a new instruction while busy is refused, not qu
 from __future__ import annotations
 
 import json
-import queue
 import threading
-import time
 import uuid
 
 from rclpy.node import Node
@@ -19,7 +17,16 @@ from std_msgs.msg import String
 
 from ros_vla import protocol
 from ros_vla.language import SkillCall, understand
-from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Diagnostics, declare, publish_json, run_node, start_worker
+from ros_vla.nodes.common import (
+    COMMAND_QOS,
+    STATUS_QOS,
+    Diagnostics,
+    QueueWorker,
+    Replies,
+    declare,
+    publish_json,
+    run_node,
+)
 from ros_vla.paths import config_file
 from ros_vla.sim.scene import load_scene
 
@@ -37,16 +44,14 @@ class InstructionNode(Node):
         self.status_pub = self.create_publisher(String, "task/status", STATUS_QOS)
         self.skill_pub = self.create_publisher(String, "skill/request", COMMAND_QOS)
         self.goto_pub = self.create_publisher(String, "base/goto", COMMAND_QOS)
-        self.skill_results: queue.Queue[dict] = queue.Queue()
-        self.base_status: queue.Queue[dict] = queue.Queue()
-        self.tasks: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.skill_results = Replies()
+        self.base_status = Replies()
         self.busy = threading.Event()
         self.create_subscription(String, "instruction", self.on_instruction, COMMAND_QOS)
         self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
         self.create_subscription(String, "base/status", lambda m: self.base_status.put(json.loads(m.data)),
                                  STATUS_QOS)
-        self._running = True
-        self._worker = start_worker(self, self.work, "tasks")
+        self.tasks = QueueWorker(self, self.work, "tasks")
 
     def status(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0):
         publish_json(self.status_pub, {"id": task_id, "instruction": instruction, "state": state,
@@ -70,20 +75,16 @@ class InstructionNode(Node):
         except protocol.ProtocolError as err:
             self.diag.publish("warn", f"ignoring malformed skill result: {err}")
 
-    def work(self):
-        while self._running:
-            try:
-                task_id, text = self.tasks.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            try:
-                self.run_task(task_id, text)
-            except Exception as err:  # a bug in one task must not take the node down
-                if not self.context.ok():
-                    return
-                self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
-            finally:
-                self.busy.clear()
+    def work(self, task: tuple[str, str]):
+        task_id, text = task
+        try:
+            self.run_task(task_id, text)
+        except Exception as err:  # a bug in one task must not take the node down
+            if not self.context.ok():
+                return
+            self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
+        finally:
+            self.busy.clear()
 
     def run_task(self, task_id: str, text: str):
         shown = text[:protocol.MAX_INSTRUCTION_CHARS]
@@ -105,38 +106,30 @@ class InstructionNode(Node):
         if call.skill == "navigate":
             return self.navigate(call.args["station"])
         skill_id = uuid.uuid4().hex[:8]
-        while not self.skill_results.empty():
-            self.skill_results.get_nowait()
+        self.skill_results.clear()
         publish_json(self.skill_pub, {"id": skill_id, "skill": call.skill, "text": call.text, "args": call.args})
-        deadline = time.monotonic() + self.skill_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                result = self.skill_results.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if result["id"] == skill_id:
-                return result["success"], result["message"]
-        return False, f"no skill result within {self.skill_timeout_s:.0f} s (is a skill executor running?)"
+        result = self.skill_results.wait(lambda reply: reply["id"] == skill_id, self.skill_timeout_s)
+        if result is None:
+            return False, f"no skill result within {self.skill_timeout_s:.0f} s (is a skill executor running?)"
+        return result["success"], result["message"]
 
     def navigate(self, station: str) -> tuple[bool, str]:
-        while not self.base_status.empty():
-            self.base_status.get_nowait()
+        self.base_status.clear()
         self.goto_pub.publish(String(data=station))
-        deadline = time.monotonic() + self.navigation_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                status = self.base_status.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if status.get("state") == "arrived" and status.get("station_reached") == station:
-                return True, f"arrived at the {station}"
-            if status.get("state") in ("failed", "refused", "stopped"):
-                return False, status.get("message", "base refused")
-        return False, f"base did not arrive within {self.navigation_timeout_s:.0f} s"
+
+        def settled(status: dict) -> bool:
+            arrived = status.get("state") == "arrived" and status.get("station_reached") == station
+            return arrived or status.get("state") in ("failed", "refused", "stopped")
+
+        status = self.base_status.wait(settled, self.navigation_timeout_s)
+        if status is None:
+            return False, f"base did not arrive within {self.navigation_timeout_s:.0f} s"
+        if status["state"] == "arrived":
+            return True, f"arrived at the {station}"
+        return False, status.get("message", "base refused")
 
     def close(self):
-        self._running = False
-        self._worker.join(timeout=2.0)
+        self.tasks.close()
 
 
 def main(args=None) -> int:

@@ -11,7 +11,6 @@ fr3_link0) -> arm/result -> ground-truth check -> skill/result (JSON).
 from __future__ import annotations
 
 import json
-import queue
 import time
 import uuid
 
@@ -25,10 +24,11 @@ from ros_vla.nodes.common import (
     STATUS_QOS,
     Diagnostics,
     Latest,
+    QueueWorker,
+    Replies,
     declare,
     publish_json,
     run_node,
-    start_worker,
 )
 from ros_vla.paths import config_file
 from ros_vla.sim.goals import object_in_container, pose_in_frame
@@ -46,15 +46,13 @@ class OracleSkillNode(Node):
         self.diag = Diagnostics(self)
         self.truth = Latest()
         self.truth_received = Latest(0.0)
-        self.arm_results: queue.Queue[dict] = queue.Queue()
-        self.requests: queue.Queue[dict] = queue.Queue()
+        self.arm_results = Replies()
         self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
         self.pick_place_pub = self.create_publisher(String, "arm/pick_place", COMMAND_QOS)
         self.create_subscription(String, "sim/ground_truth/objects", self.on_truth, COMMAND_QOS)
         self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
         self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
-        self._running = True
-        self._worker = start_worker(self, self.work, "oracle")
+        self.requests = QueueWorker(self, self.work, "oracle")
 
     def on_truth(self, msg: String):
         # Parsed only when a skill needs it: the topic ticks at 30 Hz.
@@ -81,15 +79,9 @@ class OracleSkillNode(Node):
             return None
         return json.loads(self.truth.get().data)
 
-    def work(self):
-        while self._running:
-            try:
-                request = self.requests.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            success, message = self.pick_place(request["args"])
-            if not self.context.ok():
-                return
+    def work(self, request: dict):
+        success, message = self.pick_place(request["args"])
+        if self.context.ok():
             publish_json(self.result_pub, {"id": request["id"], "success": success, "message": message})
 
     def pick_place(self, args: dict) -> tuple[bool, str]:
@@ -106,34 +98,25 @@ class OracleSkillNode(Node):
         # Release with the block's centre a block above the bowl floor.
         place_xyz = place_xyz + [0.0, 0.0, self.scene.spawn.block_size / 2]
         goal_id = uuid.uuid4().hex[:8]
-        while not self.arm_results.empty():
-            self.arm_results.get_nowait()
+        self.arm_results.clear()
         publish_json(self.pick_place_pub, {
             "id": goal_id, "frame": "fr3_link0",
             "pick": {"xyz": pick_xyz.tolist(), "yaw": pick_yaw},
             "place": {"xyz": place_xyz.tolist(), "yaw": place_yaw},
         })
-        deadline = time.monotonic() + self.arm_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                result = self.arm_results.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if result["id"] != goal_id:
-                continue
-            if not result["success"]:
-                return False, f"arm: {result['message']}"
-            time.sleep(self.settle_s)
-            truth = self.fresh_truth()
-            if truth is None:
-                return False, "oracle: ground truth went stale"
-            return object_in_container(truth, pick, place, self.scene.spawn.bowl_radius,
-                                       self.scene.spawn.bowl_height)
-        return False, f"arm did not answer within {self.arm_timeout_s:.0f} s"
+        result = self.arm_results.wait(lambda reply: reply["id"] == goal_id, self.arm_timeout_s)
+        if result is None:
+            return False, f"arm did not answer within {self.arm_timeout_s:.0f} s"
+        if not result["success"]:
+            return False, f"arm: {result['message']}"
+        time.sleep(self.settle_s)
+        truth = self.fresh_truth()
+        if truth is None:
+            return False, "oracle: ground truth went stale"
+        return object_in_container(truth, pick, place, self.scene.spawn.bowl_radius, self.scene.spawn.bowl_height)
 
     def close(self):
-        self._running = False
-        self._worker.join(timeout=2.0)
+        self.requests.close()
 
 
 def main(args=None) -> int:
