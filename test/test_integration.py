@@ -13,26 +13,22 @@ import time
 
 import numpy as np
 import pytest
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Odometry
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, String
+from tf2_msgs.msg import TFMessage
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-# Before rclpy is imported anywhere in this process: never talk to another run's nodes.
-os.environ["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 131)  # 101..231: above common defaults
-
-from builtin_interfaces.msg import Duration  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import TwistStamped  # noqa: E402
-from nav_msgs.msg import Odometry  # noqa: E402
-from rosgraph_msgs.msg import Clock  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
-from std_msgs.msg import Bool, String  # noqa: E402
-from tf2_msgs.msg import TFMessage  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
-
-from ros_vla.launcher import LaunchRunner, parse_launch_file  # noqa: E402
-from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS  # noqa: E402
-from ros_vla.nodes.stack_client import StackClient  # noqa: E402
-from ros_vla.paths import launch_file  # noqa: E402
-from ros_vla.perception.ros_messages import image_array, time_seconds  # noqa: E402
-from ros_vla.robot import panda  # noqa: E402
+from ros_vla.launcher import LaunchRunner, parse_launch_file
+from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
+from ros_vla.nodes.stack_client import StackClient
+from ros_vla.paths import launch_file
+from ros_vla.perception.ros_messages import image_array, time_seconds
+from ros_vla.robot import panda
 
 VIEWS = ("camera", "side", "wrist")
 EXPECTED_TOPICS = {
@@ -89,6 +85,9 @@ def wait_until(condition, timeout_s, poll_s=0.05):
 
 @pytest.fixture(scope="module")
 def stack():
+    # Read by rclpy.init and inherited by the launched nodes: never talk to another run's
+    # nodes (101..231: above common defaults; other test modules use other offsets).
+    os.environ["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 131)
     runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), {"seed": "2"}),
                           emit=lambda line: print(line, flush=True))
     runner.start()

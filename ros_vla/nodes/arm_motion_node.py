@@ -34,6 +34,7 @@ from ros_vla.nodes.common import (
     Latest,
     QueueWorker,
     declare,
+    offer_arming_service,
     publish_json,
     run_node,
 )
@@ -120,6 +121,7 @@ class ArmMotionNode(Node):
         self.create_subscription(String, "arm/pick_place", self.on_pick_place, COMMAND_QOS)
         self.create_subscription(JointTrajectory, "arm/joint_trajectory", self.on_joint_trajectory, COMMAND_QOS)
         self.add_on_set_parameters_callback(self.on_parameters)
+        offer_arming_service(self)
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
         self.goals = QueueWorker(self, self.work, "motion")
@@ -294,8 +296,6 @@ class ArmMotionNode(Node):
                 raise MotionAborted("emergency stop is engaged")
             if self.current_positions() is None:
                 raise MotionAborted("no fresh /joint_states: is the robot driver running?")
-            if not self.armed:
-                raise MotionAborted("dry run: the arm is not armed (set parameter armed:=true)")
             message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,
                        "trajectory": self.run_trajectory}[goal.kind](goal.payload)
             self.publish_status("idle", message)
@@ -318,6 +318,11 @@ class ArmMotionNode(Node):
         self.publish_status("moving", what)
         if not self.send_trajectory(plan):
             raise MotionAborted(f"{what}: trajectory refused")
+        if not self.armed:
+            # Dry run: the planned motion is on arm/preview/joint_trajectory for inspection;
+            # later steps would depend on the robot actually moving, so stop here.
+            raise MotionAborted(f"dry run: '{what}' published on arm/preview/joint_trajectory, not executed "
+                                f"(arm with: ros2 param set /arm_motion armed true)")
         q_goal, duration = plan.points[-1]
         deadline = time.monotonic() + duration + self.settle_timeout_s
         while time.monotonic() < deadline:

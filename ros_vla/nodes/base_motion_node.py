@@ -12,7 +12,7 @@ import math
 import time
 
 import numpy as np
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import Twist, TwistStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -25,6 +25,7 @@ from ros_vla.nodes.common import (
     Diagnostics,
     Latest,
     declare,
+    offer_arming_service,
     publish_json,
     run_node,
 )
@@ -53,6 +54,7 @@ class BaseMotionNode(Node):
             self, armed=True, rate_hz=50.0, max_linear=0.5, max_angular=1.0, max_linear_accel=0.5,
             max_angular_accel=1.5, cmd_timeout_s=0.5, odom_timeout_s=0.5, goto_gain=1.5,
             goto_position_tolerance_m=0.02, goto_yaw_tolerance_rad=0.03, goto_timeout_s=60.0, scene_file="",
+            cmd_vel_stamped=True,
         )
         self.armed = bool(p["armed"])
         self.period_s = 1.0 / p["rate_hz"]
@@ -66,8 +68,11 @@ class BaseMotionNode(Node):
         self.stations = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml")).stations
         self.diag = Diagnostics(self)
 
-        self.cmd_pub = self.create_publisher(TwistStamped, "cmd_vel", COMMAND_QOS)
-        self.preview_pub = self.create_publisher(TwistStamped, "base/preview/cmd_vel", COMMAND_QOS)
+        # Jazzy and later bases take TwistStamped; older drivers plain Twist.
+        self.cmd_vel_stamped = bool(p["cmd_vel_stamped"])
+        cmd_type = TwistStamped if self.cmd_vel_stamped else Twist
+        self.cmd_pub = self.create_publisher(cmd_type, "cmd_vel", COMMAND_QOS)
+        self.preview_pub = self.create_publisher(cmd_type, "base/preview/cmd_vel", COMMAND_QOS)
         self.status_pub = self.create_publisher(String, "base/status", STATUS_QOS)
         self.command = Latest((0.0, 0.0, 0.0))
         self.odom_pose = Latest()
@@ -79,6 +84,7 @@ class BaseMotionNode(Node):
         self.create_subscription(Odometry, "odom", self.on_odom, SENSOR_QOS)
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.add_on_set_parameters_callback(self.on_parameters)
+        offer_arming_service(self)
         self.create_timer(self.period_s, self.control)
         self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
 
@@ -135,10 +141,14 @@ class BaseMotionNode(Node):
         self.publish_velocity((0.0, 0.0, 0.0))
 
     def publish_velocity(self, velocity):
-        msg = TwistStamped()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = "base_link"
-        msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z = (float(v) for v in velocity)
+        twist = Twist()
+        twist.linear.x, twist.linear.y, twist.angular.z = (float(v) for v in velocity)
+        if self.cmd_vel_stamped:
+            msg = TwistStamped(twist=twist)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.header.frame_id = "base_link"
+        else:
+            msg = twist
         (self.cmd_pub if self.armed else self.preview_pub).publish(msg)
 
     def goto_command(self, now: float):

@@ -15,8 +15,10 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
+from std_srvs.srv import SetBool
 
 SENSOR_QOS = qos_profile_sensor_data
 # Publishers of camera data are reliable so both best-effort (SensorDataQoS) and reliable
@@ -108,6 +110,20 @@ def start_worker(node: Node, target: Callable[[], None], name: str) -> threading
     thread = threading.Thread(target=guarded, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def offer_arming_service(node: Node):
+    """`~/set_armed` (std_srvs/SetBool): arm or disarm like `ros2 param set <node> armed`,
+    for tools that call services. The node's `armed` parameter callback does the work."""
+
+    def set_armed(request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        result = node.set_parameters([Parameter("armed", value=bool(request.data))])[0]
+        response.success = result.successful
+        response.message = ("armed: commands go to the robot" if request.data
+                            else "disarmed: dry run, commands go to the preview topics")
+        return response
+
+    return node.create_service(SetBool, "~/set_armed", set_armed)
 
 
 class QueueWorker:

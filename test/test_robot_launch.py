@@ -1,0 +1,116 @@
+"""launch/robot.launch.xml starts disarmed: with a stand-in for the robot's drivers, motion
+goals are planned onto the preview topics and nothing reaches the controllers until the
+robot is armed through the ~/set_armed service."""
+
+import os
+import threading
+import time
+
+import pytest
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+from trajectory_msgs.msg import JointTrajectory
+
+from ros_vla.launcher import LaunchRunner, parse_launch_file
+from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
+from ros_vla.nodes.stack_client import StackClient
+from ros_vla.paths import launch_file
+from ros_vla.robot import kinematics, panda
+from ros_vla.robot.kinematics import quaternion_from_matrix
+
+READY = [-1.571, -1.1, 0.0, -2.75, 0.0, 1.75, 0.785]
+
+
+def wait_until(condition, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def robot():
+    os.environ["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + 43) % 131)
+    runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml")), emit=lambda line: print(line))
+    runner.start()
+    client = StackClient("robot_launch_test")
+    node = client.node
+    received = {"controller": [], "preview": [], "cmd_vel": [], "base_preview": [], "arm_status": []}
+    node.create_subscription(JointTrajectory, "/fr3_arm_controller/joint_trajectory",
+                             received["controller"].append, COMMAND_QOS)
+    node.create_subscription(JointTrajectory, "/arm/preview/joint_trajectory", received["preview"].append,
+                             COMMAND_QOS)
+    node.create_subscription(TwistStamped, "/cmd_vel", received["cmd_vel"].append, COMMAND_QOS)
+    node.create_subscription(TwistStamped, "/base/preview/cmd_vel", received["base_preview"].append, COMMAND_QOS)
+    node.create_subscription(String, "/arm/status", received["arm_status"].append, STATUS_QOS)
+
+    # Stand-in for franka_ros2's joint_state_broadcaster and the base driver's odometry.
+    joints_pub = node.create_publisher(JointState, "/joint_states", COMMAND_QOS)
+    odom_pub = node.create_publisher(Odometry, "/odom", COMMAND_QOS)
+    running = True
+
+    def drivers():
+        while running:
+            msg = JointState(name=list(panda.ARM_JOINT_NAMES) + list(panda.FINGER_JOINT_NAMES),
+                             position=READY + [0.04, 0.04], velocity=[0.0] * 9)
+            msg.header.stamp = node.get_clock().now().to_msg()
+            joints_pub.publish(msg)
+            odom = Odometry()
+            odom.pose.pose.orientation.w = 1.0
+            odom_pub.publish(odom)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=drivers, daemon=True)
+    thread.start()
+    assert wait_until(lambda: received["base_preview"], 60.0), "robot launch did not come up"
+    yield client, received
+    running = False
+    thread.join()
+    client.close()
+    runner.shutdown()
+
+
+def pose_goal(xyz):
+    target = kinematics.top_down_grasp_pose(xyz, 0.0)
+    msg = PoseStamped()
+    msg.header.frame_id = "fr3_link0"
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
+    q = quaternion_from_matrix(target)
+    msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, msg.pose.orientation.w = q
+    return msg
+
+
+def test_starts_disarmed_and_only_previews(robot):
+    client, received = robot
+    node = client.node
+    goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
+    base_pub = node.create_publisher(TwistStamped, "/base/cmd_vel", COMMAND_QOS)
+    time.sleep(1.0)
+    goal_pub.publish(pose_goal([0.5, 0.0, 0.2]))
+    command = TwistStamped()
+    command.twist.linear.x = 0.2
+    for _ in range(10):
+        base_pub.publish(command)
+        time.sleep(0.05)
+    assert wait_until(lambda: received["preview"], 10.0), "no preview of the planned motion"
+    assert wait_until(lambda: any("dry run" in m.data for m in received["arm_status"]), 5.0)
+    assert max(m.twist.linear.x for m in received["base_preview"]) > 0.0
+    assert not received["controller"] and not received["cmd_vel"], "a disarmed robot was commanded"
+
+
+def test_arming_service_sends_to_the_controller(robot):
+    client, received = robot
+    node = client.node
+    for service in ("/arm_motion/set_armed", "/base_motion/set_armed"):
+        caller = node.create_client(SetBool, service)
+        assert caller.wait_for_service(timeout_sec=10.0), service
+        future = caller.call_async(SetBool.Request(data=True))
+        assert wait_until(future.done, 5.0) and future.result().success
+    node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS).publish(pose_goal([0.5, 0.1, 0.2]))
+    assert wait_until(lambda: received["controller"], 10.0), "armed, but nothing reached the controller"
+    assert wait_until(lambda: received["cmd_vel"], 5.0)
