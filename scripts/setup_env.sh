@@ -21,6 +21,6 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 echo "pip install -r requirements.txt (first time: a few minutes, torch is large)"
 "$venv/bin/python" -m pip install -q -r requirements.txt
-bash scripts/build_tf2_msgs.sh "$venv"
+bash scripts/build_msgs.sh "$venv"
 "$venv/bin/python" -m pip install -q --no-deps -e .
 echo "environment ready in $venv"

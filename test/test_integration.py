@@ -114,8 +114,10 @@ def stack():
         "base_cmd": node.create_publisher(TwistStamped, "/base/cmd_vel", COMMAND_QOS),
         "goto": node.create_publisher(String, "/base/goto", COMMAND_QOS),
     }
+    # Publish only once DDS discovery has matched every command topic with its node.
     up = client.wait_for_subscribers(120.0) and wait_until(
-        lambda: all(rec[f"{v}/color"].latest() for v in VIEWS) and rec["joints"].latest(), 120.0)
+        lambda: all(rec[f"{v}/color"].latest() for v in VIEWS) and rec["joints"].latest()
+        and all(pub.get_subscription_count() for pub in pubs.values()), 120.0)
     if not up:
         runner.shutdown()
         client.close()
@@ -254,6 +256,7 @@ def test_ee_delta_stream_moves_then_holds(stack):
     _, rec, pubs = stack
     node = stack[0].node
     delta_pub = node.create_publisher(TransformStamped, "/arm/ee_delta", COMMAND_QOS)
+    assert wait_until(delta_pub.get_subscription_count, 10.0)
     home = settled_arm_q(rec)
     start = forward_kinematics(arm_q(rec))[:3, 3]
     delta = TransformStamped()

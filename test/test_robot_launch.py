@@ -90,7 +90,7 @@ def test_starts_disarmed_and_only_previews(robot):
     node = client.node
     goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
     base_pub = node.create_publisher(TwistStamped, "/base/cmd_vel", COMMAND_QOS)
-    time.sleep(1.0)
+    assert wait_until(lambda: goal_pub.get_subscription_count() and base_pub.get_subscription_count(), 10.0)
     goal_pub.publish(pose_goal([0.5, 0.0, 0.2]))
     command = TwistStamped()
     command.twist.linear.x = 0.2
@@ -111,6 +111,8 @@ def test_arming_service_sends_to_the_controller(robot):
         assert caller.wait_for_service(timeout_sec=10.0), service
         future = caller.call_async(SetBool.Request(data=True))
         assert wait_until(future.done, 5.0) and future.result().success
-    node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS).publish(pose_goal([0.5, 0.1, 0.2]))
+    goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
+    assert wait_until(lambda: goal_pub.get_subscription_count(), 10.0)
+    goal_pub.publish(pose_goal([0.5, 0.1, 0.2]))
     assert wait_until(lambda: received["controller"], 10.0), "armed, but nothing reached the controller"
     assert wait_until(lambda: received["cmd_vel"], 5.0)
