@@ -14,17 +14,12 @@ from ros_vla.robot.motion import (
     plan_pose_goal,
 )
 from ros_vla.robot.safety import JointLimits, validate_joint_trajectory
-from ros_vla.sim.goals import object_in_container, pose_in_frame
+from ros_vla.sim.oracle import execute_pick_place, pick_place_targets, world_truth
 from ros_vla.sim.scene import load_scene
 from ros_vla.sim.world import SimWorld
 
 SCENE = load_scene(config_file("scene_tabletop.yaml"))
 CFG = MotionConfig()
-
-
-def truth_of(world):
-    return {"objects": [{"name": o.name, "position": list(o.position), "orientation_xyzw": list(o.quaternion_xyzw),
-                         "held": o.held} for o in world.object_poses()]}
 
 
 def test_scene_is_deterministic_per_seed():
@@ -75,44 +70,29 @@ def test_base_moves_kinematically_and_stops_on_nan():
     world.close()
 
 
-def run_steps(world, steps):
-    ready = np.asarray(SCENE.ready_pose)
-    for step in steps:
-        q, _ = world.arm_joint_state()
-        if step.kind == "gripper":
-            world.set_gripper_width(step.width_m)
-            world.step(150)
+@pytest.mark.parametrize("seed", [0, 5])
+def test_oracle_pick_and_place_puts_block_in_bowl(seed):
+    world = SimWorld(SCENE, seed=seed, renderer=None)
+    world.step(60)
+    success, detail = execute_pick_place(world, "blue_block", "purple_bowl", CFG)
+    assert success, detail
+    world.close()
+
+
+def test_every_planned_segment_passes_the_controller_checks():
+    world = SimWorld(SCENE, seed=2, renderer=None)
+    truth = world_truth(world)
+    pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(truth, "red_block", "green_bowl", SCENE)
+    assert check_pick_place_targets(pick_xyz, place_xyz, CFG) == ""
+    q = np.asarray(SCENE.ready_pose)
+    for step in pick_place_steps(pick_xyz, pick_yaw, place_xyz, place_yaw, CFG):
+        if step.kind in ("gripper", "ready"):
             continue
-        if step.kind == "line":
-            plan = plan_cartesian_line(q, step.pose, CFG)
-        elif step.kind == "joint":
-            plan = plan_pose_goal(q, step.pose, CFG)
-        else:
-            plan = plan_joint_move(q, ready, CFG)
+        plan = (plan_cartesian_line if step.kind == "line" else plan_pose_goal)(q, step.pose, CFG)
         assert plan.ok, f"{step.name}: {plan.message}"
         points = [(p.tolist(), t) for p, t in plan.points]
         assert not validate_joint_trajectory(panda.ARM_JOINT_NAMES, points, JointLimits(), panda.ARM_JOINT_NAMES, q)
-        world.set_arm_trajectory(plan.points)
-        world.step(int((plan.points[-1][1] + 0.5) / world.time_step_s))
-        q_reached, _ = world.arm_joint_state()
-        assert np.abs(q_reached - plan.points[-1][0]).max() < 0.01, step.name
-
-
-@pytest.mark.parametrize("seed", [0, 5])
-def test_pick_and_place_primitive_puts_block_in_bowl(seed):
-    world = SimWorld(SCENE, seed=seed, renderer=None)
-    world.step(60)
-    arm_base = world.link_pose("fr3_link0")
-    truth = truth_of(world)
-    pick, pick_yaw = pose_in_frame(truth, "blue_block", arm_base)
-    place, place_yaw = pose_in_frame(truth, "purple_bowl", arm_base)
-    place = place + [0, 0, SCENE.spawn.block_size / 2]
-    assert check_pick_place_targets(pick, place, CFG) == ""
-    run_steps(world, pick_place_steps(pick, pick_yaw, place, place_yaw, CFG))
-    world.step(120)
-    ok, detail = object_in_container(truth_of(world), "blue_block", "purple_bowl",
-                                     SCENE.spawn.bowl_radius, SCENE.spawn.bowl_height)
-    assert ok, detail
+        q = plan.points[-1][0]
     world.close()
 
 

@@ -14,7 +14,6 @@ import json
 import time
 import uuid
 
-import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -31,7 +30,8 @@ from ros_vla.nodes.common import (
     run_node,
 )
 from ros_vla.paths import config_file
-from ros_vla.sim.goals import object_in_container, pose_in_frame
+from ros_vla.sim.goals import object_in_container
+from ros_vla.sim.oracle import pick_place_targets
 from ros_vla.sim.scene import load_scene
 
 
@@ -92,11 +92,7 @@ class OracleSkillNode(Node):
         names = {o["name"] for o in truth["objects"]}
         if pick not in names or place not in names:
             return False, f"oracle: unknown object(s) {pick!r}, {place!r}; scene has {sorted(names)}"
-        arm_base = np.asarray(truth["arm_base_in_map"])
-        pick_xyz, pick_yaw = pose_in_frame(truth, pick, arm_base)
-        place_xyz, place_yaw = pose_in_frame(truth, place, arm_base)
-        # Release with the block's centre a block above the bowl floor.
-        place_xyz = place_xyz + [0.0, 0.0, self.scene.spawn.block_size / 2]
+        pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(truth, pick, place, self.scene)
         goal_id = uuid.uuid4().hex[:8]
         self.arm_results.clear()
         publish_json(self.pick_place_pub, {

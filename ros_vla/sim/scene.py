@@ -87,6 +87,7 @@ class SpawnSpec:
     block_size: float = 0.04
     bowl_radius: float = 0.065
     bowl_height: float = 0.035
+    max_reach_m: float = 0.75  # horizontal distance from the arm base at the table station
 
 
 @dataclass(frozen=True)

@@ -206,10 +206,13 @@ class SimWorld:
         top_z = self.scene.work_table.top_z
         self.objects = {}
         placed: list[np.ndarray] = []
+        station = planar_pose_matrix(*self.scene.stations.get("table", (0.0, 0.0, 0.0)))
+        arm_base_xy = (station @ self.arm_mount_in_base())[:2, 3]
         for spec in self.scene.objects:
             for _ in range(1000):
                 xy = np.array([self.rng.uniform(*spawn.region_x), self.rng.uniform(*spawn.region_y)])
-                if all(np.linalg.norm(xy - other) >= spawn.min_separation for other in placed):
+                reachable = np.linalg.norm(xy - arm_base_xy) <= spawn.max_reach_m
+                if reachable and all(np.linalg.norm(xy - other) >= spawn.min_separation for other in placed):
                     break
             else:
                 raise RuntimeError(f"cannot place {spec.name}: spawn region too small for the objects")
