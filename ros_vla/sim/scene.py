@@ -32,9 +32,11 @@ class CameraSpec:
 
     @property
     def intrinsics(self) -> np.ndarray:
-        """3x3 pinhole matrix K, principal point at the image centre."""
+        """3x3 pinhole matrix K, principal point at the image centre. In the ROS/OpenCV
+        convention pixel centres sit at integer coordinates, so the centre of a W-pixel-wide
+        image (where a symmetric OpenGL frustum puts the optical axis) is (W - 1) / 2."""
         return np.array(
-            [[self.fx, 0.0, self.width / 2.0], [0.0, self.fy, self.height / 2.0], [0.0, 0.0, 1.0]]
+            [[self.fx, 0.0, (self.width - 1) / 2.0], [0.0, self.fy, (self.height - 1) / 2.0], [0.0, 0.0, 1.0]]
         )
 
     @property
