@@ -26,6 +26,7 @@ NODES = [
     "instruction_node",
     "oracle_skill_node",
     "franka_gripper_node",
+    "realsense_node",
 ]
 
 setup(

@@ -61,8 +61,10 @@ def test_node_matches_entry_point_and_parameters(node):
     for parameter_file in node.parameter_files:
         assert parameter_file.is_file()
         sections = yaml.safe_load(parameter_file.read_text())
-        assert node.name in sections, f"{parameter_file.name} has no section for {node.name}"
-        parameters = sections[node.name]["ros__parameters"]
+        # A namespaced node's section is keyed by its full name, as rcl requires.
+        key = f"{node.namespace}/{node.name}" if node.namespace else node.name
+        assert key in sections, f"{parameter_file.name} has no section for {key}"
+        parameters = sections[key]["ros__parameters"]
         assert set(parameters) <= declared, f"undeclared in {node.name}: {set(parameters) - declared}"
     assert set(node.parameters) <= declared
 

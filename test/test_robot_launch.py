@@ -36,7 +36,8 @@ def wait_until(condition, timeout_s):
 @pytest.fixture(scope="module")
 def robot():
     os.environ["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + 43) % 131)
-    runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml")), emit=lambda line: print(line))
+    runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml"), {"cameras": "false"}),
+                          emit=lambda line: print(line))
     runner.start()
     client = StackClient("robot_launch_test")
     node = client.node
