@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import rclpy
 import yaml
 
 from ros_vla.launcher import parse_launch_file
@@ -67,6 +68,20 @@ def test_node_matches_entry_point_and_parameters(node):
         parameters = sections[key]["ros__parameters"]
         assert set(parameters) <= declared, f"undeclared in {node.name}: {set(parameters) - declared}"
     assert set(node.parameters) <= declared
+
+
+def node_parameter_files():
+    for path in sorted((ROOT / "config").glob("*.yaml")):
+        if "ros__parameters" in path.read_text():
+            yield pytest.param(path, id=path.name)
+
+
+@pytest.mark.parametrize("parameter_file", list(node_parameter_files()))
+def test_parameter_files_parse_in_rcl(parameter_file):
+    """rcl's own YAML parser is stricter than PyYAML (no anchors, for one)."""
+    context = rclpy.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(parameter_file)], context=context)
+    rclpy.shutdown(context=context)
 
 
 def test_robot_starts_disarmed():
