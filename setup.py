@@ -27,6 +27,7 @@ NODES = [
     "oracle_skill_node",
     "franka_gripper_node",
     "realsense_node",
+    "speech_node",
 ]
 
 setup(

@@ -66,9 +66,10 @@ def understand(instruction: str, objects: dict[str, tuple[str, str]], stations: 
 
     navigate = re.search(r"\b(?:go|drive|move|come|navigate|return)\b(?: back)? to (?:the )?([a-z ]+)$", text)
     if navigate and not _objects_mentioned(text, colors):
-        target = STATION_SYNONYMS.get(navigate.group(1).strip())
-        if target is None or target not in stations:
-            return Understanding(refusal=f"I do not know the place '{navigate.group(1)}'; "
+        said = navigate.group(1).strip()
+        target = STATION_SYNONYMS.get(said, said)
+        if target not in stations:
+            return Understanding(refusal=f"I do not know the place '{said}'; "
                                          f"known places: {', '.join(sorted(stations))}")
         return Understanding(calls=(SkillCall("navigate", f"go to the {target}", {"station": target}),))
 

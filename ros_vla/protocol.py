@@ -20,6 +20,7 @@ Topics (relative names; the launch files put them in the root namespace):
 | base/goto                 | String             | station name (config: stations)                      |
 | base/cmd_vel              | TwistStamped       | base velocity request, limited then sent to /cmd_vel |
 | /fr3_gripper/command      | Float64            | gripper opening width in metres (0 = grasp)          |
+| speech/status             | String (JSON)      | {text, confidence, source, heard, accepted, duration_s} |
 | /sim/ground_truth/objects | String (JSON)      | sim only: {stamp, frame, base_pose, objects:[...]}   |
 """
 

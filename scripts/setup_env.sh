@@ -4,10 +4,10 @@ set -euo pipefail
 venv=${1:-.venv}
 cd "$(dirname "$0")/.."
 
-# Debian packages: libusb for pyrealsense2, cmake/g++ to build tf2_msgs, Mesa EGL so PyBullet
-# renders camera views with OpenGL (software) instead of its much slower tiny renderer.
+# Debian packages: libusb for pyrealsense2, cmake/g++ to build messages, Mesa EGL for the
+# camera renderer, PortAudio for microphones, espeak-ng and sox to make test speech.
 need=()
-for pkg in libusb-1.0-0 cmake g++ make libegl1 libegl-mesa0 libgl1-mesa-dri; do
+for pkg in libusb-1.0-0 cmake g++ make libegl1 libegl-mesa0 libgl1-mesa-dri libportaudio2 espeak-ng sox; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

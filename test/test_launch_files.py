@@ -38,7 +38,7 @@ def declared_parameters(module: str) -> set[str]:
 
 def launched_nodes():
     for launch in TOP_LEVEL_LAUNCH_FILES:
-        for node in parse_launch_file(ROOT / "launch" / launch):
+        for node in parse_launch_file(ROOT / "launch" / launch, {"speech": "true"}):  # every optional node
             yield pytest.param(node, id=f"{launch}:{node.name}")
 
 
