@@ -3,7 +3,12 @@
   ros-vla launch FILE [name:=value ...]   run a ROS 2 launch XML file (like ros2 launch)
   ros-vla say "put the red block in the green bowl"   send an instruction, follow it
   ros-vla demo                           launch the sim stack, run an instruction, write a report
+  ros-vla calibrate --sim | --images DIR hand-eye calibration of the cameras
+  ros-vla record [-o FILE] [--topics ...]  record the robot's topics to a rosbag2 MCAP file
+  ros-vla replay FILE [--rate R] [--loop]  republish a recording with its timing (and /clock)
   ros-vla bench sim [--json]             simulation and DDS performance
+  ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
+  ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
 
 Every `bench` and `eval` command takes --json and then prints one JSON object as its
 last line, with figures named with their units.
@@ -59,9 +64,21 @@ def _bench(args) -> int:
     if args.target == "sim":
         from ros_vla.nodes.bench_sim import run_bench_sim
 
-        return run_bench_sim(duration_s=args.duration, as_json=args.json)
+        return run_bench_sim(duration_s=args.duration or 20.0, as_json=args.json)
+    if args.target == "rt1":
+        from ros_vla.rt1.bench import run_bench_rt1
+
+        return run_bench_rt1(config_name=args.config, seconds_per_row=args.duration or 8.0, as_json=args.json)
     print(f"unknown benchmark '{args.target}'", file=sys.stderr)
     return 2
+
+
+def _eval(args) -> int:
+    from ros_vla.paths import config_file
+    from ros_vla.sim.oracle import eval_main
+    from ros_vla.sim.scene import load_scene
+
+    return eval_main(args.episodes, args.first_seed, args.json, load_scene(config_file("scene_tabletop.yaml")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("launch", help="run a launch XML file: ros-vla launch FILE [name:=value ...] [--print]",
                    add_help=False)
+    sub.add_parser("calibrate", help="hand-eye calibration of the cameras (--sim or --images)", add_help=False)
+    sub.add_parser("record", help="record topics to a rosbag2-compatible MCAP file", add_help=False)
+    sub.add_parser("replay", help="replay an MCAP recording with its timing and /clock", add_help=False)
 
     say = sub.add_parser("say", help="send an instruction to the running stack and follow it")
     say.add_argument("text")
@@ -85,9 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["sim"])
-    bench.add_argument("--duration", type=float, default=20.0, help="seconds of measurement")
+    bench.add_argument("target", choices=["sim", "rt1"])
+    bench.add_argument("--duration", type=float, default=None,
+                       help="seconds of measurement (sim: in all, default 20; rt1: per backend and cache mode, "
+                            "default 8)")
+    bench.add_argument("--config", choices=["paper", "small"], default="paper", help="rt1: network size")
     bench.add_argument("--json", action="store_true")
+    evaluate = sub.add_parser("eval", help="evaluations in simulation")
+    evaluate.add_argument("target", choices=["oracle"],
+                          help="oracle: the ground-truth pick-and-place skill, the baseline for learned ones")
+    evaluate.add_argument("--episodes", type=int, default=20)
+    evaluate.add_argument("--first-seed", type=int, default=1000, help="scenes use seeds from here on")
+    evaluate.add_argument("--json", action="store_true")
     return parser
 
 
@@ -96,8 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     use_project_dds_profile()
     if argv and argv[0] == "launch":
         return _launch(None, argv[1:])
+    if argv and argv[0] in ("record", "replay"):
+        from ros_vla.nodes.bag import record_main, replay_main
+
+        return {"record": record_main, "replay": replay_main}[argv[0]](argv[1:])
+    if argv and argv[0] == "calibrate":
+        from ros_vla.calibrate import calibrate_main
+
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return {"say": _say, "demo": _demo, "bench": _bench}[args.command](args)
+    return {"say": _say, "demo": _demo, "bench": _bench, "eval": _eval}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""RT-1 sizes and the action space, as plain data.
+
+`RT1Config.paper()` is the network of Brohan et al. 2022 ("RT-1: Robotics Transformer for
+Real-World Control at Scale"): FiLM-EfficientNet-B3 on 300x300 images, TokenLearner to 8
+tokens per frame, 6 frames of history, an 8-layer decoder-only transformer, 11 action
+dimensions of 256 bins each. `RT1Config.small()` is the same code at a size that trains on
+a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActionDimension:
+    """One of the action's dimensions: a continuous range cut into uniform bins, or, when
+    `categories` is given, a categorical choice whose index is the token."""
+
+    name: str
+    low: float
+    high: float
+    unit: str
+    categories: tuple[str, ...] = ()
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.categories)
+
+
+# RT-1's action: a mode, the arm's end-effector displacement, the gripper and the base's
+# displacement. The continuous ranges are per control step (RT-1 runs at 3 Hz) and match
+# what the stack accepts: /arm/ee_delta is a TCP displacement per control period in
+# fr3_link0, /fr3_gripper/command an opening width (the Panda hand opens 0.08 m at most),
+# and the base displacement becomes a /base/cmd_vel velocity in the node.
+MODES = ("arm", "base", "terminate")
+ROBOT_ACTION_DIMENSIONS = (
+    ActionDimension("mode", 0, len(MODES) - 1, "category", MODES),
+    ActionDimension("arm_x", -0.05, 0.05, "m"),
+    ActionDimension("arm_y", -0.05, 0.05, "m"),
+    ActionDimension("arm_z", -0.05, 0.05, "m"),
+    ActionDimension("arm_roll", -0.25, 0.25, "rad"),
+    ActionDimension("arm_pitch", -0.25, 0.25, "rad"),
+    ActionDimension("arm_yaw", -0.25, 0.25, "rad"),
+    ActionDimension("gripper_opening", 0.0, 0.08, "m"),
+    ActionDimension("base_x", -0.1, 0.1, "m"),
+    ActionDimension("base_y", -0.1, 0.1, "m"),
+    ActionDimension("base_yaw", -0.3, 0.3, "rad"),
+)
+
+
+@dataclass(frozen=True)
+class RT1Config:
+    # Image encoder: a timm EfficientNet (built with pretrained=False) with a FiLM layer
+    # after every block and after a final 1x1 conv to `image_token_dim` channels.
+    backbone: str = "efficientnet_b3"
+    image_size: int = 300
+    image_token_dim: int = 512
+    instruction_embedding_dim: int = 384  # all-MiniLM-L6-v2
+    # TokenLearner (Ryoo et al. 2021): a small MLP turns the feature map into this many
+    # attention maps, each pooling the map into one token.
+    tokens_per_frame: int = 8
+    token_learner_bottleneck: int = 64
+    history_frames: int = 6
+    # Decoder-only transformer, as in RT-1's reference configuration: 8 layers, 8 heads of
+    # key size 128 (so attention is 1024 wide inside a 512-wide model), a 512-wide
+    # feed-forward layer, dropout 0.1.
+    model_dim: int = 512
+    num_layers: int = 8
+    num_heads: int = 8
+    head_dim: int = 128
+    dropout: float = 0.1
+    action_bins: int = 256
+    action_dimensions: tuple[ActionDimension, ...] = ROBOT_ACTION_DIMENSIONS
+
+    @classmethod
+    def paper(cls) -> RT1Config:
+        return cls()
+
+    @classmethod
+    def small(cls) -> RT1Config:
+        """Same code at about a fifth of the parameters (7.1 M) and a fourteenth of the
+        image encoder's compute per frame: EfficientNet-B0 (16 blocks) on 128x128 images,
+        256-wide tokens, a 3-layer transformer with 4 heads of 64."""
+        return cls(backbone="efficientnet_b0", image_size=128, image_token_dim=256,
+                   model_dim=256, num_layers=3, num_heads=4, head_dim=64)
+
+    @classmethod
+    def named(cls, name: str) -> RT1Config:
+        if name not in ("paper", "small"):
+            raise ValueError(f"unknown RT-1 config '{name}': paper or small")
+        return getattr(cls, name)()
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens the transformer reads: tokens_per_frame for each frame of history (48)."""
+        return self.history_frames * self.tokens_per_frame
+
+    @property
+    def num_action_dimensions(self) -> int:
+        return len(self.action_dimensions)
