@@ -3,6 +3,7 @@ definitions from third_party/msgs where franka_ros2 is absent)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -48,8 +49,13 @@ def gripper():
     while command_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     yield command_pub, goals, statuses
-    adapter.terminate()
-    adapter.wait(timeout=10)
+    adapter.send_signal(signal.SIGINT)
+    try:
+        adapter.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        adapter.kill()
+        adapter.wait()
+        pytest.fail("franka_gripper_node did not exit within 10 s of SIGINT")
     executor.shutdown()
     for server in servers:
         server.destroy()
