@@ -15,6 +15,7 @@ Topics (relative names; the launch files put them in the root namespace):
 | arm/pose_goal             | PoseStamped        | TCP pose target, frame fr3_link0                     |
 | arm/ee_delta              | TransformStamped   | TCP displacement (frame fr3_link0), one per control period |
 | arm/joint_trajectory      | JointTrajectory    | joint-space request, checked then forwarded          |
+| arm/gripper               | Float64            | gripper width request from a policy, gated like the rest |
 | arm/result                | String (JSON)      | {id, success, message, gripper_width_m}              |
 | arm/status, base/status   | String (JSON)      | {state, message, ...}                                |
 | base/goto                 | String             | station name (config: stations)                      |

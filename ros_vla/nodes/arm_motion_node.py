@@ -1,9 +1,10 @@
 """arm_motion_node: Cartesian goals in, safe joint trajectories out.
 
 Inputs: arm/pose_goal (PoseStamped), arm/ee_delta (TransformStamped, streamed by
-closed-loop policies), arm/pick_place (JSON), arm/joint_trajectory (checked, then
-forwarded), /estop (Bool), /joint_states. Output: /fr3_arm_controller/joint_trajectory
-and /fr3_gripper/command, or arm/preview/* while the arm is not armed (dry run).
+closed-loop policies), arm/gripper (Float64 width, from policies), arm/pick_place (JSON),
+arm/joint_trajectory (checked, then forwarded), /estop (Bool), /joint_states.
+Output: /fr3_arm_controller/joint_trajectory and /fr3_gripper/command, or arm/preview/*
+while the arm is not armed (dry run).
 Every refusal goes to arm/status, arm/result (for goals with an id) and /diagnostics.
 
 Callbacks only queue goals; one worker thread plans and executes them, so a long
@@ -120,6 +121,7 @@ class ArmMotionNode(Node):
         self.create_subscription(TransformStamped, "arm/ee_delta", self.on_ee_delta, COMMAND_QOS)
         self.create_subscription(String, "arm/pick_place", self.on_pick_place, COMMAND_QOS)
         self.create_subscription(JointTrajectory, "arm/joint_trajectory", self.on_joint_trajectory, COMMAND_QOS)
+        self.create_subscription(Float64, "arm/gripper", self.on_gripper, COMMAND_QOS)
         self.add_on_set_parameters_callback(self.on_parameters)
         offer_arming_service(self)
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
@@ -215,6 +217,18 @@ class ArmMotionNode(Node):
             self.refuse(request["id"], f"pick_place frame '{request['frame']}' unsupported: use fr3_link0")
             return
         self.goals.put(Goal("pick_place", request["id"], request))
+
+    def on_gripper(self, msg: Float64):
+        """Gripper width from a closed-loop policy: gated like every other command."""
+        width = msg.data
+        if self.estopped.is_set() or self.busy.is_set():
+            self.refuse("", "gripper command refused: " + ("emergency stop" if self.estopped.is_set()
+                                                          else "busy with a goal"))
+        elif not (np.isfinite(width) and self.cfg.gripper_closed_m <= width <= self.cfg.gripper_open_m):
+            self.refuse("", f"gripper command {width} refused: must be finite, "
+                            f"{self.cfg.gripper_closed_m}..{self.cfg.gripper_open_m} m")
+        else:
+            self.send_gripper(width)
 
     def on_joint_trajectory(self, msg: JointTrajectory):
         self.goals.put(Goal("trajectory", "", msg))
