@@ -2,7 +2,6 @@
 definitions from third_party/msgs where franka_ros2 is absent)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import rclpy
 from franka_msgs.action import Grasp, Move
 from rclpy.action import ActionServer
 from rclpy.executors import MultiThreadedExecutor
+from ros_test_utils import isolated_domain, wait_until
 from std_msgs.msg import Float64, String
 
 from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
@@ -21,7 +21,7 @@ from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
 
 @pytest.fixture(scope="module")
 def gripper():
-    os.environ["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + 71) % 131)
+    isolated_domain(71)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("fake_franka_gripper", context=context)
@@ -61,15 +61,6 @@ def gripper():
         server.destroy()
     node.destroy_node()
     rclpy.shutdown(context=context)
-
-
-def wait_until(condition, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_close_becomes_grasp_and_open_becomes_move(gripper):

@@ -7,7 +7,6 @@ behaviour under commands, emergency stop, a stale base command and bad input.
 
 import json
 import math
-import os
 import threading
 import time
 
@@ -17,6 +16,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
+from ros_test_utils import isolated_domain, wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
@@ -73,21 +73,9 @@ class Recorder:
             return self.messages[-1][1] if self.messages else None
 
 
-def wait_until(condition, timeout_s, poll_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    return None
-
-
 @pytest.fixture(scope="module")
 def stack():
-    # Read by rclpy.init and inherited by the launched nodes: never talk to another run's
-    # nodes (101..231: above common defaults; other test modules use other offsets).
-    os.environ["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 131)
+    isolated_domain(0)  # read by rclpy.init and inherited by the launched nodes
     runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), {"seed": "2"}),
                           emit=lambda line: print(line, flush=True))
     runner.start()

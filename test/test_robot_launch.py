@@ -2,13 +2,13 @@
 goals are planned onto the preview topics and nothing reaches the controllers until the
 robot is armed through the ~/set_armed service."""
 
-import os
 import threading
 import time
 
 import pytest
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Odometry
+from ros_test_utils import isolated_domain, wait_until
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -24,18 +24,9 @@ from ros_vla.robot.kinematics import quaternion_from_matrix
 READY = [-1.571, -1.1, 0.0, -2.75, 0.0, 1.75, 0.785]
 
 
-def wait_until(condition, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture(scope="module")
 def robot():
-    os.environ["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + 43) % 131)
+    isolated_domain(43)
     runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml"), {"cameras": "false"}),
                           emit=lambda line: print(line))
     runner.start()

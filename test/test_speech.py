@@ -4,7 +4,6 @@ what it hears from a WAV file on /instruction to a separate rclpy subscriber."""
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,19 +12,16 @@ import wave
 
 import numpy as np
 import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from ros_test_utils import isolated_domain
+from std_msgs.msg import String
 
-# Before rclpy is imported anywhere in this process: never talk to another run's nodes.
-os.environ["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 131)
-
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
-from ros_vla.language import understand  # noqa: E402
-from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS  # noqa: E402
-from ros_vla.paths import config_file  # noqa: E402
-from ros_vla.sim.scene import load_scene  # noqa: E402
-from ros_vla.speech import (  # noqa: E402
+from ros_vla.language import understand
+from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
+from ros_vla.paths import config_file
+from ros_vla.sim.scene import load_scene
+from ros_vla.speech import (
     SAMPLE_RATE,
     CommandRecognizer,
     Microphone,
@@ -239,6 +235,7 @@ class Listener:
 
 @pytest.fixture
 def listener():
+    isolated_domain(17)  # read by rclpy.init below and inherited by the node under test
     listener = Listener()
     yield listener
     listener.close()
