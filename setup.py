@@ -28,6 +28,7 @@ NODES = [
     "franka_gripper_node",
     "realsense_node",
     "speech_node",
+    "rt1_policy_node",
 ]
 
 setup(

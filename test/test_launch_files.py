@@ -38,7 +38,8 @@ def declared_parameters(module: str) -> set[str]:
 
 def launched_nodes():
     for launch in TOP_LEVEL_LAUNCH_FILES:
-        for node in parse_launch_file(ROOT / "launch" / launch, {"speech": "true"}):  # every optional node
+        # Every optional node switched on, so each is checked.
+        for node in parse_launch_file(ROOT / "launch" / launch, {"speech": "true", "rt1": "true"}):
             yield pytest.param(node, id=f"{launch}:{node.name}")
 
 

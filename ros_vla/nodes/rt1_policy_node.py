@@ -1,0 +1,384 @@
+"""rt1_policy_node: the RT-1 closed-loop skill. Camera frames in; arm, gripper and base
+commands out, at a fixed rate, until the policy says terminate.
+
+Input: skill/request (JSON) whose skill is `skill_name`; its text is the instruction. The
+instruction is embedded once per skill (all-MiniLM-L6-v2); then every tick of the control
+timer (`rate_hz`, 3 Hz as in RT-1) runs one policy step on the newest camera frame and
+sends what it decided (ros_vla.rt1.control):
+  arm mode:  arm/ee_delta (TransformStamped, fr3_link0: the TCP displacement this step),
+             arm/gripper (Float64 width, when it changes), zero base/cmd_vel;
+  base mode: base/cmd_vel (TwistStamped, base_link: the step's displacement / period);
+  terminate: zero base/cmd_vel and skill/result success.
+A skill that runs past `max_duration_s` fails and stops; /estop ends it too, so releasing
+the stop never resumes a policy nobody is watching. One skill at a time: a request while
+one runs is refused (skill/result failure), not queued.
+
+Threads: the camera callback only keeps the newest frame; a worker thread loads the
+models at start and embeds instructions; inference runs in the control timer's callback,
+never in a subscription callback.
+
+Safety:
+- No weights, no skill: with `model_dir` empty every request is refused. An untrained,
+  randomly initialised network must never drive a robot.
+- No inference on a frame that is missing or older than `stale_frame_s` (or stamped ahead
+  of this node's clock by as much: the clocks disagree). The robot stops instead: zero
+  base velocity, and no more arm deltas, so arm_motion's ee_delta watchdog holds the arm.
+- An action that is not finite (or a step that fails) stops the robot and fails the skill.
+- arm_motion and base_motion still apply their limits, workspace and /estop to every
+  command; arm_motion's `ee_delta_timeout_s` must exceed this node's period (0.5 s vs
+  0.33 s at 3 Hz), or the arm holds between steps.
+
+/diagnostics every 2 s: steps, deadline misses (a step slower than `deadline_fraction` of
+the period), stale frames, step latency (median and max of the last 100 steps).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from geometry_msgs.msg import TransformStamped, TwistStamped
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float64, String
+
+from ros_vla import protocol
+from ros_vla.nodes.common import (
+    COMMAND_QOS,
+    SENSOR_QOS,
+    STATUS_QOS,
+    Diagnostics,
+    Latest,
+    QueueWorker,
+    declare,
+    publish_json,
+    run_node,
+)
+from ros_vla.perception.ros_messages import image_array, transform_msg
+from ros_vla.robot import panda
+from ros_vla.rt1 import OnnxModel, OnnxRuntimeBackend, RT1Config, RT1Policy, TensorRTBackend, TorchBackend
+from ros_vla.rt1.control import STOP, RobotCommand, command_from_action
+from ros_vla.rt1.runtime import ACTION_DECODER_ONNX, FRAME_ENCODER_ONNX
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# The torch backend's weights in model_dir: an RT1 state_dict saved with torch.save.
+TORCH_WEIGHTS = "rt1.pt"
+NO_WEIGHTS = "no RT-1 weights: set model_dir"
+REPORT_PERIOD_S = 2.0
+LATENCY_WINDOW_STEPS = 100
+
+
+@dataclass
+class Skill:
+    request_id: str
+    embedding: np.ndarray
+    started: Time
+    steps: int = 0
+
+
+def open_backend(name: str, config: RT1Config, model_dir: Path):
+    """The network in `model_dir` on one of BACKENDS: the two ONNX graphs export_onnx
+    writes, the TensorRT engines built from them (same names, .engine), or for torch an
+    RT1 state_dict in TORCH_WEIGHTS."""
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(OnnxModel.in_directory(model_dir))
+    if name == "tensorrt":
+        graphs = (FRAME_ENCODER_ONNX, ACTION_DECODER_ONNX)
+        engines = [model_dir / Path(graph).with_suffix(".engine") for graph in graphs]
+        for engine in engines:
+            if not engine.is_file():
+                raise FileNotFoundError(f"no TensorRT engine at {engine} (ros_vla.rt1.build_tensorrt_engine builds it)")
+        return TensorRTBackend(*engines)
+    import torch
+
+    from ros_vla.rt1.model import build_rt1
+
+    weights = model_dir / TORCH_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"no torch weights at {weights} (torch.save(model.state_dict()) writes them)")
+    model = build_rt1(config)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return TorchBackend(model.to("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def steps_text(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def positive(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"parameter {name} must be positive and finite, got {value}")
+    return float(value)
+
+
+class RT1PolicyNode(Node):
+    def __init__(self):
+        super().__init__("rt1_policy")
+        p = declare(
+            self, config="paper", backend="onnxruntime", model_dir="", rate_hz=3.0, stale_frame_s=0.5,
+            camera_topic="camera/camera/color/image_raw", skill_name="rt1", max_duration_s=60.0,
+            deadline_fraction=1.0,
+        )
+        self.config = RT1Config.named(p["config"])
+        self.config_name = p["config"]
+        if p["backend"] not in BACKENDS:
+            raise ValueError(f"parameter backend must be one of {BACKENDS}, got '{p['backend']}'")
+        self.period_s = 1.0 / positive("rate_hz", p["rate_hz"])
+        self.deadline_s = positive("deadline_fraction", p["deadline_fraction"]) * self.period_s
+        self.stale_frame_s = positive("stale_frame_s", p["stale_frame_s"])
+        self.max_duration_s = positive("max_duration_s", p["max_duration_s"])
+        self.camera_topic = p["camera_topic"]
+        self.skill_name = p["skill_name"]
+        self.diag = Diagnostics(self)
+
+        self.ee_delta_pub = self.create_publisher(TransformStamped, "arm/ee_delta", COMMAND_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "arm/gripper", COMMAND_QOS)
+        self.base_pub = self.create_publisher(TwistStamped, "base/cmd_vel", COMMAND_QOS)
+        self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
+
+        # Why skills are refused ("" while the models load or once they are ready).
+        self.unavailable = "" if p["model_dir"] else NO_WEIGHTS
+        self.backend_name = p["backend"]
+        self.policy: RT1Policy | None = None
+        self.encoder = None
+        self.skill: Skill | None = None  # set by the worker, run and ended by the control timer
+        self.skill_lock = threading.Lock()
+        self.busy = threading.Event()  # from an accepted request until its skill/result
+        self.current_id = ""
+        self.estopped = False
+        self.last_gripper_width: float | None = None
+        self.steps = self.deadline_misses = self.stale_frames = 0
+        self.reported = (0, 0)  # deadline misses and stale frames at the last report
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW_STEPS)
+        self.holding = False  # the robot is stopped for want of a fresh frame
+
+        self.frame = Latest()
+        self.create_subscription(Image, self.camera_topic, self.frame.set, SENSOR_QOS)
+        self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
+        self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
+        self.worker = QueueWorker(self, lambda job: job(), "rt1")
+        if p["model_dir"]:
+            self.worker.put(partial(self.load, Path(p["model_dir"]).expanduser()))
+        else:
+            self.diag.publish("warn", f"{NO_WEIGHTS}; every '{self.skill_name}' skill will be refused")
+        self.create_timer(self.period_s, self.control)
+        self.create_timer(REPORT_PERIOD_S, self.report)
+
+    # ----------------------------------------------------------------- worker
+    def load(self, model_dir: Path):
+        """Once, at start: the network on its backend, warmed up, and the sentence encoder."""
+        # Spinning OpenMP threads stall for seconds when another process holds a core (see
+        # ros_vla/rt1/README.md); the variable must be set before torch is first imported.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            from ros_vla.rt1.model import MiniLMInstructionEncoder
+
+            policy = RT1Policy(open_backend(self.backend_name, self.config, model_dir), self.config)
+            # The first run allocates and picks kernels (a deadline miss in a skill), and a
+            # network exported at another size than `config` fails here, not mid-skill.
+            size = self.config.image_size
+            embedding = np.zeros(self.config.instruction_embedding_dim, np.float32)
+            policy.step(np.zeros((size, size, 3), np.uint8), embedding)
+            policy.reset()
+            self.encoder = MiniLMInstructionEncoder()
+        except Exception as err:  # any failure leaves the node up, refusing skills with the reason
+            self.unavailable = f"cannot load RT-1 ('{self.config_name}' config, {self.backend_name}) " \
+                               f"from {model_dir}: {err}"
+            self.diag.publish("error", self.unavailable)
+            return
+        self.policy = policy
+        self.backend_name = policy.backend.name
+        self.diag.publish("ok", f"ready: RT-1 '{self.config_name}' on {self.backend_name} from {model_dir}")
+
+    def prepare(self, request: dict):
+        """Embed the instruction (once per skill), then hand the skill to the control timer."""
+        refusal = self.unavailable
+        if not refusal:
+            try:
+                embedding = self.encoder.embed([request["text"]])[0]
+            except Exception as err:  # a failed embedding fails this skill, not the node
+                refusal = f"cannot embed the instruction: {err!r}"
+        with self.skill_lock:
+            # on_estop sets the flag before it looks for a skill to end: checked under the
+            # lock, a stop that comes while the instruction is embedded is never missed.
+            refusal = refusal or ("emergency stop is engaged" if self.estopped else "")
+            if not refusal:
+                self.last_gripper_width = None
+                self.skill = Skill(request["id"], embedding, self.get_clock().now())
+        if refusal:
+            self.reply(request["id"], False, refusal)
+            self.busy.clear()
+            return
+        self.diag.publish("ok", f"skill {request['id']} started: {request['text'][:200]}")
+
+    # ----------------------------------------------------------------- inputs
+    def on_request(self, msg: String):
+        try:
+            request = protocol.decode("skill_request", msg.data)
+        except protocol.ProtocolError as err:
+            self.diag.publish("error", f"skill request refused: {err}")
+            return
+        if request["skill"] != self.skill_name:
+            return
+        if self.unavailable:
+            self.reply(request["id"], False, self.unavailable)
+        elif self.busy.is_set():
+            self.reply(request["id"], False, f"busy with RT-1 skill {self.current_id}; send it again when it ends")
+        else:
+            self.busy.set()
+            self.current_id = request["id"]
+            self.worker.put(partial(self.prepare, request))
+
+    def on_estop(self, msg: Bool):
+        self.estopped = msg.data
+        with self.skill_lock:
+            skill = self.skill
+        if msg.data and skill is not None:
+            self.finish(skill, False, f"emergency stop after {steps_text(skill.steps)}")
+
+    # ----------------------------------------------------------------- control loop
+    def control(self):
+        with self.skill_lock:
+            skill = self.skill
+        if skill is None:
+            return
+        started = time.perf_counter()
+        now = self.get_clock().now()
+        if (now - skill.started).nanoseconds * 1e-9 > self.max_duration_s:
+            self.finish(skill, False, f"no terminate within max_duration_s ({self.max_duration_s:g} s, "
+                                      f"{steps_text(skill.steps)}): stopped")
+            return
+        frame = self.frame.get()
+        problem = self.frame_problem(frame, now)
+        if problem:
+            self.hold(problem)
+            return
+        try:
+            image = image_array(frame)
+            if frame.encoding != "rgb8":
+                raise ValueError(f"camera frames are {frame.encoding}; RT-1 takes rgb8")
+            tokens = self.policy.step(image, skill.embedding)
+            command = command_from_action(self.policy.tokenizer.detokenize(tokens),
+                                          self.config.action_dimensions, self.period_s)
+        except Exception as err:  # whatever failed, the robot stops and the skill ends; the node stays up
+            self.finish(skill, False, f"stopped after {steps_text(skill.steps)}: {err}")
+            return
+        skill.steps += 1
+        self.holding = False
+        self.send(command, now)
+        latency_s = time.perf_counter() - started
+        self.steps += 1
+        self.latencies_s.append(latency_s)
+        if latency_s > self.deadline_s:
+            self.deadline_misses += 1
+        if command.mode == "terminate":
+            self.finish(skill, True, f"terminated by the policy after {steps_text(skill.steps)}")
+
+    def frame_problem(self, frame: Image | None, now: Time) -> str:
+        """Why the newest frame must not be inferred on, or "" if it may."""
+        if frame is None:
+            return f"no camera frame on {self.camera_topic}"
+        age_s = (now - Time.from_msg(frame.header.stamp, clock_type=now.clock_type)).nanoseconds * 1e-9
+        if age_s > self.stale_frame_s:
+            return f"newest camera frame is {age_s:.2f} s old (stale_frame_s {self.stale_frame_s:g})"
+        if age_s < -self.stale_frame_s:
+            return f"newest camera frame is stamped {-age_s:.2f} s ahead of this node's clock (use_sim_time?)"
+        return ""
+
+    def hold(self, problem: str):
+        """No usable frame: stop the robot instead of acting on an old view of the world."""
+        self.stale_frames += 1
+        self.send(STOP, self.get_clock().now())
+        # The robot stood still while there was no frame, so when frames return the window
+        # starts over from the first new one, which is exactly what the robot saw.
+        self.policy.reset()
+        # Warned at once when it starts; while it lasts, the 2 s report counts the ticks.
+        if not self.holding:
+            self.holding = True
+            self.diag.publish("warn", f"{problem}: not inferring; base stopped, arm holding",
+                              **self.counters())
+
+    def send(self, command: RobotCommand, now: Time):
+        stamp = now.to_msg()
+        if command.moves_arm:
+            self.ee_delta_pub.publish(transform_msg(command.ee_delta(), "fr3_link0", panda.TCP_FRAME, stamp))
+            # Only a new width is sent: repeating one would restart the gripper's action every step.
+            if command.gripper_width_m != self.last_gripper_width:
+                self.last_gripper_width = command.gripper_width_m
+                self.gripper_pub.publish(Float64(data=command.gripper_width_m))
+        twist = TwistStamped()
+        twist.header.stamp = stamp
+        twist.header.frame_id = "base_link"
+        twist.twist.linear.x, twist.twist.linear.y, twist.twist.angular.z = command.base_velocity
+        self.base_pub.publish(twist)
+
+    def finish(self, skill: Skill, success: bool, message: str):
+        with self.skill_lock:
+            if self.skill is not skill:
+                return  # already ended
+            self.skill = None
+        self.holding = False
+        self.send(STOP, self.get_clock().now())
+        self.policy.reset()
+        self.reply(skill.request_id, success, message)
+        self.busy.clear()
+        self.diag.publish("ok" if success else "warn", f"skill {skill.request_id}: {message}", **self.counters())
+
+    def reply(self, request_id: str, success: bool, message: str):
+        publish_json(self.result_pub, {"id": request_id, "success": success, "message": message})
+
+    # ----------------------------------------------------------------- diagnostics
+    def counters(self) -> dict:
+        latencies_ms = np.array(self.latencies_s) * 1e3
+        return {
+            "steps": self.steps, "deadline_misses": self.deadline_misses, "stale_frames": self.stale_frames,
+            "latency_median_ms": f"{np.median(latencies_ms):.1f}" if len(latencies_ms) else "",
+            "latency_max_ms": f"{latencies_ms.max():.1f}" if len(latencies_ms) else "",
+            "deadline_ms": f"{self.deadline_s * 1e3:.1f}", "rate_hz": f"{1.0 / self.period_s:g}",
+            "config": self.config_name, "backend": self.backend_name,
+        }
+
+    def report(self):
+        with self.skill_lock:
+            skill = self.skill
+        new_misses = self.deadline_misses - self.reported[0]
+        new_stale = self.stale_frames - self.reported[1]
+        self.reported = (self.deadline_misses, self.stale_frames)
+        if self.unavailable:
+            level, message = "warn", self.unavailable
+        elif self.policy is None:
+            level, message = "ok", "loading RT-1"
+        else:
+            level = "warn" if new_misses or new_stale else "ok"
+            message = (f"running skill {skill.request_id}: {steps_text(skill.steps)}" if skill else "idle")
+            if new_misses:
+                message += f"; {new_misses} deadline misses in the last {REPORT_PERIOD_S:g} s"
+            if new_stale:
+                message += f"; {new_stale} ticks without a fresh frame"
+        self.diag.publish(level, message, **self.counters())
+
+    def close(self):
+        self.worker.close()
+        with self.skill_lock:
+            skill = self.skill
+        # After Ctrl-C the context is already down and nothing can be sent: the motion
+        # nodes' watchdogs stop the robot. After a failure that ended the spin it is still
+        # up: stop the robot and answer the request.
+        if skill is not None and self.context.ok():
+            self.finish(skill, False, "rt1_policy shut down")
+
+
+def main(args=None) -> int:
+    return run_node(RT1PolicyNode, args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
