@@ -56,6 +56,9 @@ from ros_vla.robot.kinematics import forward_kinematics, quaternion_from_matrix
 from ros_vla.robot.motion import MotionConfig, plan_pose_goal
 from ros_vla.robot.safety import WorkspaceBox
 
+# The player waits this long for subscribers to match its new publishers before the first
+# message; DDS discovery between processes can take seconds on a loaded 2-core machine.
+DISCOVERY_DELAY_S = "5.0"
 DOMAIN_ID = 101 + (os.getpid() + 65) % 131
 RECORD_S = 3.0  # recorded once the recorder has subscribed to every EXPECTED_TYPES topic
 VIEWS = ("camera", "side", "wrist")
@@ -374,7 +377,7 @@ def test_replay_reproduces_topics_order_and_timing(recording, listener, tmp_path
     # Cameras the way perception nodes take them: best effort, may lose a frame.
     images = {topic: listener.listen(topic, message_class("sensor_msgs/msg/Image"), SENSOR_QOS)
               for topic in ("/camera/camera/color/image_raw", "/wrist/camera/aligned_depth_to_color/image_raw")}
-    player = start_bag("replay_main", path, "--delay", "2.0")
+    player = start_bag("replay_main", path, "--delay", DISCOVERY_DELAY_S)
     # A second recorder takes one second of the replay back to disk: --topics, --duration,
     # and a lossless record -> replay -> record round trip.
     rerecorder = start_bag("record_main", "-o", tmp_path / "again.mcap", "--topics", "/joint_states", "/tf_static",
@@ -439,7 +442,7 @@ def test_replay_makes_clock_from_log_times_and_honours_rate(recording, listener,
         writer.close()
     clock = listener.listen("/clock", Clock, reliable_qos())
     received = listener.listen("/joint_states", JointState, reliable_qos())
-    summary, _ = run_bag("replay_main", path, "--rate", "2", "--delay", "2.0")
+    summary, _ = run_bag("replay_main", path, "--rate", "2", "--delay", DISCOVERY_DELAY_S)
     time.sleep(0.2)
 
     assert summary["clock"] == "from log times"
@@ -488,7 +491,7 @@ def test_arm_motion_plans_on_recorded_joint_states(recording, listener):
     player = None
     try:
         assert wait_until(lambda: goal_pub.get_subscription_count() > 0, 30.0), "arm_motion did not come up"
-        player = start_bag("replay_main", path, "--loop", "--delay", "2.0")
+        player = start_bag("replay_main", path, "--loop", "--delay", DISCOVERY_DELAY_S)
         assert wait_until(lambda: joints.count > 50, 20.0), "no replayed /joint_states"
 
         goal = PoseStamped()
