@@ -50,8 +50,8 @@ class SimBridgeNode(Node):
             self, scene_file="", seed=0, time_step_s=1.0 / 240.0, real_time_factor=1.0,
             joint_state_rate_hz=100.0, clock_rate_hz=100.0, ground_truth_rate_hz=30.0, cmd_vel_timeout_s=0.5,
         )
-        scene_path = p["scene_file"] or str(config_file("scene_tabletop.yaml"))
-        self.scene = load_scene(scene_path)
+        self.scene_path = p["scene_file"] or str(config_file("scene_tabletop.yaml"))
+        self.scene = load_scene(self.scene_path)
         self.world_options = {"seed": p["seed"], "time_step_s": p["time_step_s"], "renderer": None}
         self.world: SimWorld | None = None
         self.real_time_factor = float(p["real_time_factor"])
@@ -84,7 +84,6 @@ class SimBridgeNode(Node):
         self.stats = {"refused_trajectories": 0}
         self._running = True
         self._thread = start_worker(self, self.simulate, "simulation")
-        self.scene_path = scene_path
 
     # ----------------------------------------------------------------- commands
     def on_cmd_vel(self, msg: TwistStamped):
