@@ -9,6 +9,7 @@
   ros-vla bench sim [--json]             simulation and DDS performance
   ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
   ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
+  ros-vla demos rt1 --task pick|push -n N --out DIR   scripted (oracle) RT-1 demonstrations in sim
 
 Every `bench` and `eval` command takes --json and then prints one JSON object as its
 last line, with figures named with their units.
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         from ros_vla.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
+    if argv and argv[0] == "demos":
+        from ros_vla.rt1.data import demos_main
+
+        return demos_main(argv[1:])
     args = build_parser().parse_args(argv)
     return {"say": _say, "demo": _demo, "bench": _bench, "eval": _eval}[args.command](args)
 
