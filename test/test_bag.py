@@ -32,6 +32,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from ros_test_utils import wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -109,16 +110,6 @@ def finish_bag(process: subprocess.Popen, interrupt: bool = False, timeout_s: fl
 
 def run_bag(entry: str, *args) -> tuple[dict, str]:
     return finish_bag(start_bag(entry, *args))
-
-
-def wait_until(condition, timeout_s, poll_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    return None
 
 
 def percentile_ms(values_s, q) -> float:

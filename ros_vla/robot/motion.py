@@ -55,6 +55,20 @@ def _workspace_problem(q_path: list[np.ndarray], cfg: MotionConfig) -> str:
     return ""
 
 
+def _nearby_solution(target: np.ndarray, q_seed: np.ndarray, cfg: MotionConfig, what: str):
+    """IK for a small step from `q_seed` (no restarts): (q, "") or (None, why it is refused),
+    refusing targets outside the workspace and sudden arm reconfigurations."""
+    problem = cfg.workspace.explain(target[:3, 3])
+    if problem:
+        return None, f"{what} leaves the workspace: {problem}"
+    solution = kinematics.solve_ik(target, q_seed, random_restarts=0)
+    if not solution.success:
+        return None, f"{what} unreachable at {target[:3, 3].round(3).tolist()}: {solution.message}"
+    if np.max(np.abs(solution.q - q_seed)) > cfg.max_joint_jump_rad:
+        return None, f"{what} needs a sudden arm reconfiguration; refusing the jump"
+    return solution.q, ""
+
+
 def plan_joint_move(q_start: np.ndarray, q_goal: np.ndarray, cfg: MotionConfig) -> Plan:
     """Straight line in joint space, checked against the workspace along the way."""
     problems = cfg.limits.check_positions(q_goal)
@@ -93,16 +107,10 @@ def plan_cartesian_line(q_start: np.ndarray, target: np.ndarray, cfg: MotionConf
     for k in range(1, steps + 1):
         waypoint = target.copy()
         waypoint[:3, 3] = start[:3, 3] + (target[:3, 3] - start[:3, 3]) * (k / steps)
-        problem = cfg.workspace.explain(waypoint[:3, 3])
+        q_previous, problem = _nearby_solution(waypoint, q_previous, cfg, "line")
         if problem:
-            return _refuse(f"line leaves the workspace: {problem}")
-        solution = kinematics.solve_ik(waypoint, q_previous, random_restarts=0)
-        if not solution.success:
-            return _refuse(f"line unreachable at {waypoint[:3, 3].round(3).tolist()}: {solution.message}")
-        if np.max(np.abs(solution.q - q_previous)) > cfg.max_joint_jump_rad:
-            return _refuse("line needs a sudden arm reconfiguration; refusing the jump")
-        path.append(solution.q)
-        q_previous = solution.q
+            return _refuse(problem)
+        path.append(q_previous)
     return Plan(time_parameterize(path, q_start, cfg.limits, cfg.velocity_scale))
 
 
@@ -116,15 +124,10 @@ def apply_ee_delta(q_now: np.ndarray, translation: np.ndarray, rotation: np.ndar
     target = np.eye(4)
     target[:3, :3] = np.asarray(rotation, float) @ current[:3, :3]
     target[:3, 3] = current[:3, 3] + np.asarray(translation, float)
-    problem = cfg.workspace.explain(target[:3, 3])
+    q_goal, problem = _nearby_solution(target, q_now, cfg, "delta")
     if problem:
-        return _refuse(f"delta leaves the workspace: {problem}")
-    solution = kinematics.solve_ik(target, q_now, random_restarts=0)
-    if not solution.success:
-        return _refuse(f"delta unreachable: {solution.message}")
-    if np.max(np.abs(solution.q - q_now)) > cfg.max_joint_jump_rad:
-        return _refuse("delta needs a sudden arm reconfiguration; refusing the jump")
-    (q_goal, t_goal), = time_parameterize([solution.q], q_now, cfg.limits, cfg.velocity_scale)
+        return _refuse(problem)
+    (q_goal, t_goal), = time_parameterize([q_goal], q_now, cfg.limits, cfg.velocity_scale)
     return Plan([(q_goal, max(t_goal, duration_s))])
 
 
