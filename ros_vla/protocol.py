@@ -11,6 +11,10 @@ Topics (relative names; the launch files put them in the root namespace):
 | task/status               | String (JSON)      | TaskStatus: {id, instruction, state, message, plan, step} |
 | skill/request             | String (JSON)      | {id, skill, text, args}                              |
 | skill/result              | String (JSON)      | {id, success, message}                               |
+| skill/affordance_query    | String (JSON)      | {id, texts:[skill text, ...]}                        |
+| skill/affordance          | String (JSON)      | {id, source, values:[p(success) per text, 0..1]}     |
+| attribute/query           | String (JSON)      | {id, question} e.g. "is the block red?"              |
+| attribute/answer          | String (JSON)      | {id, answer: yes/no/cannot_see, confidence, views:[...]} |
 | arm/pick_place            | String (JSON)      | {id, frame, pick:{xyz,yaw}, place:{xyz,yaw}}         |
 | arm/pose_goal             | PoseStamped        | TCP pose target, frame fr3_link0                     |
 | arm/ee_delta              | TransformStamped   | TCP displacement (frame fr3_link0), one per control period |
@@ -46,7 +50,12 @@ _REQUIRED = {
     "pick_place": {"id": str, "frame": str, "pick": dict, "place": dict},
     "arm_result": {"id": str, "success": bool, "message": str},
     "ground_truth": {"frame": str, "base_pose": list, "objects": list},
+    "affordance_query": {"id": str, "texts": list},
+    "affordance": {"id": str, "source": str, "values": list},
+    "attribute_query": {"id": str, "question": str},
+    "attribute_answer": {"id": str, "answer": str, "confidence": (int, float), "views": list},
 }
+ATTRIBUTE_ANSWERS = ("yes", "no", "cannot_see")
 
 
 def encode(kind: str, payload: dict[str, Any]) -> str:
@@ -65,7 +74,8 @@ def decode(kind: str, text: str) -> dict[str, Any]:
         if field not in payload:
             raise ProtocolError(f"{kind}: missing field '{field}'")
         if not isinstance(payload[field], expected):
-            raise ProtocolError(f"{kind}: field '{field}' must be {expected.__name__}")
+            names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            raise ProtocolError(f"{kind}: field '{field}' must be {names}")
     if kind == "pick_place":
         for key in ("pick", "place"):
             target = payload[key]
@@ -74,6 +84,12 @@ def decode(kind: str, text: str) -> dict[str, Any]:
                 raise ProtocolError(f"pick_place: '{key}.xyz' must be three numbers")
             if not isinstance(target.get("yaw", 0.0), (int, float)):
                 raise ProtocolError(f"pick_place: '{key}.yaw' must be a number")
+    if kind == "affordance_query" and not all(isinstance(t, str) for t in payload["texts"]):
+        raise ProtocolError("affordance_query: 'texts' must be a list of strings")
+    if kind == "affordance" and not all(isinstance(v, (int, float)) for v in payload["values"]):
+        raise ProtocolError("affordance: 'values' must be a list of numbers")
+    if kind == "attribute_answer" and payload["answer"] not in ATTRIBUTE_ANSWERS:
+        raise ProtocolError(f"attribute_answer: answer must be one of {ATTRIBUTE_ANSWERS}")
     if kind == "task_status" and payload["state"] not in TASK_STATES:
         raise ProtocolError(f"task_status: unknown state '{payload['state']}'")
     return payload
