@@ -25,6 +25,7 @@ NODES = [
     "base_motion_node",
     "instruction_node",
     "oracle_skill_node",
+    "cliport_node",
     "franka_gripper_node",
     "realsense_node",
     "speech_node",

@@ -10,6 +10,10 @@
   ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
   ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
   ros-vla demos rt1 --task pick|push -n N --out DIR   scripted (oracle) RT-1 demonstrations in sim
+  ros-vla demos cliport TASK -n N [--out DIR]        oracle pick-and-place demonstrations (heightmaps)
+  ros-vla train cliport --tasks T --demos N --out DIR   train CLIPort (resumable)
+  ros-vla eval cliport --task T --episodes N [--model DIR] [--json]   closed loop in sim
+  ros-vla bench cliport [--json]         CLIPort pick+place latency, torch vs ONNX Runtime
 
 Every `bench` and `eval` command takes --json and then prints one JSON object as its
 last line, with figures named with their units.
@@ -74,12 +78,27 @@ def _bench(args) -> int:
     return 2
 
 
+def _methods(args) -> int:
+    verbs = sorted({f"{verb} {method}" for verb, method in METHOD_COMMANDS})
+    print(f"ros-vla {args.command}: name a method; one of: {', '.join(verbs)}", file=sys.stderr)
+    return 2
+
+
 def _eval(args) -> int:
     from ros_vla.paths import config_file
     from ros_vla.sim.oracle import eval_main
     from ros_vla.sim.scene import load_scene
 
     return eval_main(args.episodes, args.first_seed, args.json, load_scene(config_file("scene_tabletop.yaml")))
+
+
+# `ros-vla VERB METHOD ...` handed whole to the method's own argparse entry point.
+METHOD_COMMANDS = {
+    ("demos", "cliport"): "ros_vla.cliport.data:demos_main",
+    ("train", "cliport"): "ros_vla.cliport.train:main",
+    ("eval", "cliport"): "ros_vla.cliport.eval:main",
+    ("bench", "cliport"): "ros_vla.cliport.bench:main",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("calibrate", help="hand-eye calibration of the cameras (--sim or --images)", add_help=False)
     sub.add_parser("record", help="record topics to a rosbag2-compatible MCAP file", add_help=False)
     sub.add_parser("replay", help="replay an MCAP recording with its timing and /clock", add_help=False)
+    sub.add_parser("train", help="train a model: ros-vla train cliport --help", add_help=False)
 
     say = sub.add_parser("say", help="send an instruction to the running stack and follow it")
     say.add_argument("text")
@@ -106,15 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["sim", "rt1"])
+    bench.add_argument("target", choices=["sim", "rt1", "cliport"], help="cliport: see ros-vla bench cliport --help")
     bench.add_argument("--duration", type=float, default=None,
                        help="seconds of measurement (sim: in all, default 20; rt1: per backend and cache mode, "
                             "default 8)")
     bench.add_argument("--config", choices=["paper", "small"], default="paper", help="rt1: network size")
     bench.add_argument("--json", action="store_true")
     evaluate = sub.add_parser("eval", help="evaluations in simulation")
-    evaluate.add_argument("target", choices=["oracle"],
-                          help="oracle: the ground-truth pick-and-place skill, the baseline for learned ones")
+    evaluate.add_argument("target", choices=["oracle", "cliport"],
+                          help="oracle: the ground-truth pick-and-place skill, the baseline for learned ones; "
+                               "cliport: see ros-vla eval cliport --help")
     evaluate.add_argument("--episodes", type=int, default=20)
     evaluate.add_argument("--first-seed", type=int, default=1000, help="scenes use seeds from here on")
     evaluate.add_argument("--json", action="store_true")
@@ -134,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         from ros_vla.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
-    if argv and argv[0] == "demos":
+    if argv and argv[0] == "demos" and argv[1:2] != ["cliport"]:
         from ros_vla.rt1.data import demos_main
 
         return demos_main(argv[1:])
+    if len(argv) >= 2 and (argv[0], argv[1]) in METHOD_COMMANDS:
+        import importlib
+
+        module, function = METHOD_COMMANDS[(argv[0], argv[1])].split(":")
+        return getattr(importlib.import_module(module), function)(argv[2:])
     args = build_parser().parse_args(argv)
-    return {"say": _say, "demo": _demo, "bench": _bench, "eval": _eval}[args.command](args)
+    return {"say": _say, "demo": _demo, "bench": _bench, "eval": _eval, "train": _methods}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Launches launch/sim.launch.xml as separate processes, waits for the cameras, sends the
 instruction over /instruction like any ROS 2 client, shows progress from task/status and
 arm/status, checks the outcome against simulator ground truth, and writes a report folder
-(before/after camera images, report.md, report.json, the nodes' log).
+(before/after camera images, CLIPort's heatmaps of each pick-and-place, report.md,
+report.json, the nodes' log). Pick and place is CLIPort's, from the head camera; the
+oracle only checks the result.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from sensor_msgs.msg import Image as Image_msg
 
 from ros_vla.language import understand
 from ros_vla.launcher import LaunchRunner, parse_launch_file
+from ros_vla.nodes.common import STATUS_QOS
 from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
+from ros_vla.perception.ros_messages import image_array
 from ros_vla.sim.goals import object_in_container
 from ros_vla.sim.scene import load_scene
 
@@ -73,6 +78,9 @@ def run_demo(instruction: str, seed: int, output_root: str, as_json: bool = Fals
         for view in views:
             client.watch_camera(view)
         client.follow_json("/arm/status", lambda s: s.get("state") == "moving" and say(f"  arm: {s['message']}"))
+        heatmaps: list[np.ndarray] = []
+        client.node.create_subscription(Image_msg, "/cliport/heatmaps", lambda m: heatmaps.append(image_array(m)),
+                                        STATUS_QOS)
         say(f"waiting for the stack and the cameras {views}")
 
         def node_died() -> bool:
@@ -111,12 +119,18 @@ def run_demo(instruction: str, seed: int, output_root: str, as_json: bool = Fals
             "duration_s": round(time.monotonic() - started, 1),
             "objects_after": truth["objects"] if truth else [],
         }
+        heatmap_note = ""
+        for index, picture in enumerate(heatmaps):
+            Image.fromarray(picture).save(report_dir / f"cliport_heatmaps_{index}.png")
+            heatmap_note += (f"\nCLIPort step {index + 1}: pick (red) and place (green) heatmaps over the heightmap "
+                             f"(rows: away from the robot, columns: to its left)\n\n![cliport]"
+                             f"(cliport_heatmaps_{index}.png)\n")
         (report_dir / "report.json").write_text(json.dumps(result, indent=2))
         (report_dir / "report.md").write_text(
             f"# ros_vla demo\n\nInstruction: **{instruction}** (scene seed {seed})\n\n"
             f"- stack says: {result['task_state']}: {result['task_message']}\n"
             f"- ground truth: {'SUCCESS' if verified else 'FAILURE'}: {detail}\n"
-            f"- wall time: {result['duration_s']} s\n\n![before and after](before_after.png)\n")
+            f"- wall time: {result['duration_s']} s\n\n![before and after](before_after.png)\n{heatmap_note}")
         say(f"stack reports: {result['task_state']}: {result['task_message']}")
         say(f"ground truth:  {'SUCCESS' if verified else 'FAILURE'}: {detail}")
         say(f"report: {report_dir / 'report.md'} (images: before_after.png)")

@@ -49,8 +49,18 @@ def execute_pick_place(world: SimWorld, pick: str, place: str, cfg: MotionConfig
                        settle_s: float = 0.5) -> tuple[bool, str]:
     """Plan and run the pick/place primitive in the world (no ROS), then check the goal."""
     scene = world.scene
-    pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(world_truth(world), pick, place, scene)
-    ready = np.asarray(scene.ready_pose)
+    targets = pick_place_targets(world_truth(world), pick, place, scene)
+    moved, message = run_pick_place(world, *targets, cfg, settle_s)
+    if not moved:
+        return False, message
+    return object_in_container(world_truth(world), pick, place, scene.spawn.bowl_radius, scene.spawn.bowl_height)
+
+
+def run_pick_place(world: SimWorld, pick_xyz, pick_yaw: float, place_xyz, place_yaw: float, cfg: MotionConfig,
+                   settle_s: float = 0.5) -> tuple[bool, str]:
+    """The pick/place primitive to targets in fr3_link0, run in the world (no ROS) as the
+    arm_motion node runs it: (False, why) when a motion is refused or not reached."""
+    ready = np.asarray(world.scene.ready_pose)
     for step in pick_place_steps(pick_xyz, pick_yaw, place_xyz, place_yaw, cfg):
         q, _ = world.arm_joint_state()
         if step.kind == "gripper":
@@ -71,7 +81,7 @@ def execute_pick_place(world: SimWorld, pick: str, place: str, cfg: MotionConfig
         if np.abs(reached - plan.points[-1][0]).max() > 0.01:
             return False, f"{step.name}: the arm did not reach its goal"
     world.step(int(settle_s / world.time_step_s))
-    return object_in_container(world_truth(world), pick, place, scene.spawn.bowl_radius, scene.spawn.bowl_height)
+    return True, "pick and place done"
 
 
 def evaluate(scene: SceneConfig, episodes: int, first_seed: int = 1000, progress=None) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-OBJECT_KINDS = ("block", "bowl")
+OBJECT_KINDS = ("block", "bowl", "stand")
 CAMERA_PARENTS = ("map", "base_link", "fr3_hand")
 
 
@@ -66,10 +66,11 @@ class CameraSpec:
 class ObjectSpec:
     kind: str
     color: str
+    instance: int = 0  # tells apart objects of the same colour and kind: red_block, red_block_1, ...
 
     @property
     def name(self) -> str:
-        return f"{self.color}_{self.kind}"
+        return f"{self.color}_{self.kind}" + (f"_{self.instance}" if self.instance else "")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class SpawnSpec:
     block_size: float = 0.04
     bowl_radius: float = 0.065
     bowl_height: float = 0.035
+    stand_size: tuple[float, float, float] = (0.18, 0.06, 0.01)  # a flat base to build on (length, width, height)
     max_reach_m: float = 0.75  # horizontal distance from the arm base at the table station
 
 

@@ -205,18 +205,23 @@ class SimWorld:
         spawn = self.scene.spawn
         top_z = self.scene.work_table.top_z
         self.objects = {}
-        placed: list[np.ndarray] = []
+        placed: list[tuple[np.ndarray, str]] = []
         station = planar_pose_matrix(*self.scene.stations.get("table", (0.0, 0.0, 0.0)))
         arm_base_xy = (station @ self.arm_mount_in_base())[:2, 3]
+        # A stand is longer than the usual spacing: keep everything clear of its ends.
+        stand_clearance = spawn.stand_size[0] / 2 + spawn.block_size
         for spec in self.scene.objects:
             for _ in range(1000):
                 xy = np.array([self.rng.uniform(*spawn.region_x), self.rng.uniform(*spawn.region_y)])
                 reachable = np.linalg.norm(xy - arm_base_xy) <= spawn.max_reach_m
-                if reachable and all(np.linalg.norm(xy - other) >= spawn.min_separation for other in placed):
+                if reachable and all(
+                        np.linalg.norm(xy - other) >= (max(spawn.min_separation, stand_clearance)
+                                                        if "stand" in (spec.kind, other_kind) else spawn.min_separation)
+                        for other, other_kind in placed):
                     break
             else:
                 raise RuntimeError(f"cannot place {spec.name}: spawn region too small for the objects")
-            placed.append(xy)
+            placed.append((xy, spec.kind))
             yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
             rgba = list(self.scene.colors[spec.color]) + [1.0]
             if spec.kind == "block":
@@ -225,6 +230,12 @@ class SimWorld:
                 self._p.resetBasePositionAndOrientation(body, [xy[0], xy[1], top_z + half], yaw_to_quaternion(yaw))
                 self._p.changeDynamics(body, -1, lateralFriction=1.2)
                 size = spawn.block_size
+            elif spec.kind == "stand":
+                half = [v / 2 for v in spawn.stand_size]
+                body = self._box(half, [xy[0], xy[1], top_z + half[2]], rgba, mass=0.0)
+                self._p.resetBasePositionAndOrientation(body, [xy[0], xy[1], top_z + half[2]], yaw_to_quaternion(yaw))
+                self._p.changeDynamics(body, -1, lateralFriction=1.2)
+                size = spawn.stand_size[0]
             else:
                 body = self._make_bowl(xy, top_z, spawn.bowl_radius, spawn.bowl_height, rgba)
                 size = 2 * spawn.bowl_radius

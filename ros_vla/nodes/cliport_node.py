@@ -1,0 +1,248 @@
+"""cliport_node: language-conditioned pick-and-place from RGB-D (CLIPort).
+
+skill/request (JSON, skill `skill_name`, default "pick_place"): its `text` is the
+instruction ("put the red block in the green bowl"). The node takes the newest colour +
+aligned depth frames of each view in `views` that arrived after the request (the arm is
+then back at its ready pose, out of the way), fuses them into a heightmap in fr3_link0
+(view poses from the calibration files, fr3_link0 from the scene's arm mount), asks the
+model for pick and place, sends arm/pick_place and reports arm/result as skill/result.
+It publishes the input heightmap with the pick (red) and place (green) heatmaps laid
+over it on `cliport/heatmaps` (rgb8).
+
+Refusals (skill/result failure with the reason, nothing sent to the arm): empty or
+over-long text; text naming nothing the skill can handle (no block, bowl or stand);
+a model confidence below `min_confidence` (nothing in view fits the text, e.g. a colour
+not on the table); no fresh frames from any view.
+
+skill/affordance_query {id, texts} -> skill/affordance {id, source: "cliport", values}:
+the model's confidence for each skill text on the newest frames, for the SayCan planner.
+
+Threads: callbacks only keep the newest messages; loading the model, heightmaps and
+inference run on one worker thread, requests in order.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from functools import partial
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+
+from ros_vla import protocol
+from ros_vla.language import KIND_SYNONYMS
+from ros_vla.nodes.common import (
+    COMMAND_QOS,
+    SENSOR_QOS,
+    STATUS_QOS,
+    Diagnostics,
+    Latest,
+    QueueWorker,
+    Replies,
+    declare,
+    publish_json,
+    run_node,
+)
+from ros_vla.paths import config_file, model_dir, package_share
+from ros_vla.perception.calibration import read_calibration
+from ros_vla.perception.heightmap import RgbdView, fuse_heightmap
+from ros_vla.perception.ros_messages import image_array, image_msg, intrinsics_from_camera_info, time_seconds
+from ros_vla.sim.scene import load_scene
+
+OBJECT_WORDS = set(KIND_SYNONYMS) | {"stand", "stands"}
+
+
+def skill_text_problem(text: str) -> str:
+    """Why a text cannot be a pick-and-place instruction for this skill; "" if it can."""
+    if not text.strip():
+        return "the instruction is empty"
+    if len(text) > protocol.MAX_INSTRUCTION_CHARS:
+        return f"the instruction is {len(text)} characters; the limit is {protocol.MAX_INSTRUCTION_CHARS}"
+    if not OBJECT_WORDS & set(re.findall(r"[a-z]+", text.lower())):
+        return f"'{text[:80]}' names nothing this skill can move or place into (blocks, bowls, the stand)"
+    return ""
+
+
+class CLIPortNode(Node):
+    def __init__(self):
+        super().__init__("cliport")
+        p = declare(self, model_dir="", views=["camera"], calibration_files=["calibration/sim_camera.yaml"],
+                    scene_file="", skill_name="pick_place", min_confidence=0.15, frame_timeout_s=3.0,
+                    arm_timeout_s=90.0, threads=0)
+        if len(p["views"]) != len(p["calibration_files"]) or not p["views"]:
+            raise ValueError("parameters views and calibration_files must list the same cameras, one file per view")
+        self.p = p
+        self.skill_name = p["skill_name"]
+        self.diag = Diagnostics(self)
+        scene = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml"))
+        self.link0_in_base = scene.arm_mount_matrix()
+        self.view_poses = {view: self.camera_pose_in_link0(path) for view, path in zip(p["views"],
+                                                                                       p["calibration_files"])}
+        self.frames = {view: {"rgb": Latest(), "depth": Latest(), "info": Latest()} for view in p["views"]}
+        for view in p["views"]:
+            base = f"{view}/camera"
+            self.create_subscription(Image, f"{base}/color/image_raw", partial(self.keep, view, "rgb"), SENSOR_QOS)
+            self.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw",
+                                     partial(self.keep, view, "depth"), SENSOR_QOS)
+            self.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
+                                     partial(self.keep, view, "info"), SENSOR_QOS)
+        self.arm_results = Replies()
+        self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
+        self.affordance_pub = self.create_publisher(String, "skill/affordance", STATUS_QOS)
+        self.pick_place_pub = self.create_publisher(String, "arm/pick_place", COMMAND_QOS)
+        self.heatmap_pub = self.create_publisher(Image, "cliport/heatmaps", STATUS_QOS)
+        self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
+        self.create_subscription(String, "skill/affordance_query", self.on_affordance_query, COMMAND_QOS)
+        self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
+        self.agent = None
+        self.load_error = ""
+        self.work = QueueWorker(self, self.handle, "cliport")
+        self.work.put(("load", None))
+
+    def camera_pose_in_link0(self, path: str) -> np.ndarray:
+        full = package_share() / path if not path.startswith("/") else path
+        calibration = read_calibration(full)
+        if calibration.parent_frame == "base_link":
+            return np.linalg.inv(self.link0_in_base) @ calibration.pose
+        if calibration.parent_frame == "fr3_link0":
+            return calibration.pose
+        raise ValueError(f"{full}: the camera is calibrated in '{calibration.parent_frame}'; cliport_node needs "
+                         "cameras fixed to the robot (base_link or fr3_link0)")
+
+    # ----------------------------------------------------------------- callbacks: keep, queue
+    def keep(self, view: str, kind: str, msg):
+        self.frames[view][kind].set(msg)
+
+    def on_request(self, msg: String):
+        try:
+            request = protocol.decode("skill_request", msg.data)
+        except protocol.ProtocolError as err:
+            self.diag.publish("error", f"skill request refused: {err}")
+            return
+        if request["skill"] == self.skill_name:
+            self.work.put(("skill", (request, time.monotonic(), self.get_clock().now().nanoseconds * 1e-9)))
+
+    def on_affordance_query(self, msg: String):
+        try:
+            query = protocol.decode("affordance_query", msg.data)
+        except protocol.ProtocolError as err:
+            self.diag.publish("warn", f"affordance query ignored: {err}")
+            return
+        self.work.put(("affordance", query))
+
+    def on_arm_result(self, msg: String):
+        try:
+            self.arm_results.put(protocol.decode("arm_result", msg.data))
+        except protocol.ProtocolError as err:
+            self.diag.publish("warn", f"ignoring malformed arm result: {err}")
+
+    # ----------------------------------------------------------------- worker
+    def handle(self, item):
+        kind, payload = item
+        if kind == "load":
+            self.load()
+        elif kind == "skill":
+            request, _, requested_at = payload
+            success, message = self.run_skill(request, requested_at)
+            if self.context.ok():
+                publish_json(self.result_pub, {"id": request["id"], "success": success, "message": message})
+        else:
+            self.answer_affordances(payload)
+
+    def load(self):
+        from ros_vla.cliport.agent import load_agent
+
+        folder = self.p["model_dir"] or str(model_dir("cliport_small"))
+        try:
+            self.agent = load_agent(folder, threads=self.p["threads"])
+            self.diag.publish("ok", f"CLIPort {self.agent.cfg.name} loaded from {folder}")
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            self.load_error = f"no CLIPort model: {err}"
+            self.diag.publish("error", self.load_error)
+
+    def heightmap(self, newer_than_s: float):
+        """Fused heightmap from every view with colour, depth and camera_info newer than
+        `newer_than_s` (node clock); waits up to frame_timeout_s. None if no view has them."""
+        deadline = time.monotonic() + self.p["frame_timeout_s"]
+        while True:
+            views = []
+            for view, latest in self.frames.items():
+                rgb, depth, info = latest["rgb"].get(), latest["depth"].get(), latest["info"].get()
+                if rgb is None or depth is None or info is None:
+                    continue
+                if min(time_seconds(rgb.header.stamp), time_seconds(depth.header.stamp)) < newer_than_s:
+                    continue
+                depth_m = image_array(depth).astype(np.float32) / 1000.0
+                views.append(RgbdView(image_array(rgb), depth_m, intrinsics_from_camera_info(info),
+                                      self.view_poses[view]))
+            if views or time.monotonic() > deadline or not self.context.ok():
+                break
+            time.sleep(0.05)
+        if not views:
+            return None
+        from ros_vla.cliport.config import WORKSPACE
+
+        return fuse_heightmap(views, WORKSPACE)
+
+    def run_skill(self, request: dict, requested_at: float) -> tuple[bool, str]:
+        text = request["text"]
+        problem = skill_text_problem(text)
+        if problem:
+            return False, f"cliport refused: {problem}"
+        if self.agent is None:
+            return False, self.load_error or "cliport: the model is still loading"
+        heightmap = self.heightmap(requested_at)
+        if heightmap is None:
+            return False, (f"cliport: no fresh colour + depth frames from {', '.join(self.frames)} within "
+                           f"{self.p['frame_timeout_s']:.0f} s")
+        colour, height = heightmap
+        prediction = self.agent.predict(colour, height, text)
+        self.publish_heatmaps(colour, prediction)
+        if prediction.confidence < self.p["min_confidence"]:
+            return False, (f"cliport refused: nothing in view fits '{text[:80]}' (confidence "
+                           f"{prediction.confidence:.2f} < {self.p['min_confidence']:.2f})")
+        goal_id = uuid.uuid4().hex[:8]
+        self.arm_results.clear()
+        publish_json(self.pick_place_pub, {
+            "id": goal_id, "frame": "fr3_link0",
+            "pick": {"xyz": prediction.pick_xyz.tolist(), "yaw": prediction.pick_yaw},
+            "place": {"xyz": prediction.place_xyz.tolist(), "yaw": prediction.place_yaw},
+        })
+        result = self.arm_results.wait(lambda reply: reply["id"] == goal_id, self.p["arm_timeout_s"])
+        if result is None:
+            return False, f"arm did not answer within {self.p['arm_timeout_s']:.0f} s"
+        if not result["success"]:
+            return False, f"arm: {result['message']}"
+        return True, (f"picked at {np.round(prediction.pick_xyz, 3).tolist()} and placed at "
+                      f"{np.round(prediction.place_xyz, 3).tolist()} (confidence {prediction.confidence:.2f})")
+
+    def publish_heatmaps(self, colour: np.ndarray, prediction):
+        from ros_vla.cliport.agent import heatmap_picture
+
+        picture = heatmap_picture(colour, prediction, self.agent.cfg.downsample)
+        self.heatmap_pub.publish(image_msg(picture, "rgb8", self.get_clock().now().to_msg(), "fr3_link0"))
+
+    def answer_affordances(self, query: dict):
+        values = [0.0] * len(query["texts"])
+        heightmap = self.heightmap(0.0) if self.agent is not None else None
+        if heightmap is not None:
+            checked = [i for i, t in enumerate(query["texts"]) if not skill_text_problem(t)]
+            confidences = self.agent.affordances(*heightmap, [query["texts"][i] for i in checked])
+            for i, value in zip(checked, confidences):
+                values[i] = float(value)
+        publish_json(self.affordance_pub, {"id": query["id"], "source": "cliport", "values": values})
+
+    def close(self):
+        self.work.close()
+
+
+def main(args=None) -> int:
+    return run_node(CLIPortNode, args=args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
