@@ -76,6 +76,34 @@ def evaluate(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, episodes:
             "failures": [o for o in outcomes if not o["success"]]}
 
 
+def grounding_check(agent: CLIPortAgent, base_scene: SceneConfig, episodes: int, threshold: float,
+                    first_seed: int = EVAL_FIRST_SEED) -> dict:
+    """How well confidence tells a request the scene can satisfy from one it cannot: on
+    put-block-in-bowl scenes, the task's own instruction vs the same with a block colour
+    that is not on the table. Nothing is executed."""
+    task = get_task("put-block-in-bowl-seen-colors")
+    present, absent = [], []
+    for seed in range(first_seed, first_seed + episodes):
+        scene = task.scene(base_scene, seed)
+        world = SimWorld(scene, seed=seed, renderer="gl")
+        try:
+            world.step(60)
+            truth = world_truth(world)
+            goal = task.goals(truth, scene)[0]
+            colour, height = world_heightmap(world)
+        finally:
+            world.close()
+        on_table = {o.color for o in scene.objects}
+        missing = next(c for c in task.colors if c not in on_table)
+        bowl = goal.container.split("_")[0]
+        present.append(agent.predict(colour, height, goal.instruction).confidence)
+        absent.append(agent.predict(colour, height, f"put the {missing} block in the {bowl} bowl").confidence)
+    return {"episodes": episodes, "threshold": threshold,
+            "present_median": float(np.median(present)), "absent_median": float(np.median(absent)),
+            "present_accepted": float(np.mean(np.array(present) >= threshold)),
+            "absent_refused": float(np.mean(np.array(absent) < threshold))}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -90,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pictures", type=int, default=0, help="save heatmap pictures of the first N episodes")
     parser.add_argument("--pictures-dir", default="cliport_eval", help="where the pictures go")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--grounding", type=int, default=0,
+                        help="also check refusals on N scenes: confidence for present vs absent block colours")
+    parser.add_argument("--threshold", type=float, default=0.15, help="refusal threshold (cliport_node min_confidence)")
     parser.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     parser.add_argument("--scene", default="")
     args = parser.parse_args(argv)
@@ -113,6 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         last = failure["steps"][-1] if failure["steps"] else {}
         print(f"  seed {failure['seed']}: reward {failure['reward']:.2f}; last step '{last.get('instruction', '')}': "
               f"{last.get('message', '')}")
+    if args.grounding:
+        check = grounding_check(agent, scene, args.grounding, args.threshold, args.first_seed)
+        result["grounding"] = check
+        print(f"grounding over {args.grounding} scenes: confidence median {check['present_median']:.2f} when the "
+              f"named block is there, {check['absent_median']:.2f} when its colour is absent; at threshold "
+              f"{args.threshold:.2f}: {check['present_accepted'] * 100:.0f}% accepted, "
+              f"{check['absent_refused'] * 100:.0f}% of impossible requests refused")
     if args.json:
         print(json.dumps(result))
     return 0
