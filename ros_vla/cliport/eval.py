@@ -20,7 +20,7 @@ import numpy as np
 
 from ros_vla.cliport.agent import CLIPortAgent, heatmap_picture, load_agent
 from ros_vla.cliport.data import world_heightmap
-from ros_vla.cliport.tasks import TASKS, Task, get_task, next_goal, reward
+from ros_vla.cliport.tasks import HELD_OUT_PHRASING, PUT_IN_BOWL, TASKS, Task, get_task, next_goal, reward
 from ros_vla.robot.motion import MotionConfig
 from ros_vla.sim.oracle import run_pick_place, world_truth
 from ros_vla.sim.scene import SceneConfig
@@ -29,8 +29,17 @@ from ros_vla.sim.world import SimWorld
 EVAL_FIRST_SEED = 10000
 
 
+def reworded(instruction: str, phrasing: str) -> str:
+    """The task's instruction in another phrasing: "task" (as trained), "held-out" (a
+    phrasing never trained on)."""
+    match = PUT_IN_BOWL.match(instruction)
+    if phrasing == "task" or match is None:
+        return instruction
+    return HELD_OUT_PHRASING.format(block=match.group(1), bowl=match.group(2))
+
+
 def run_episode(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, seed: int,
-                picture_dir: Path | None = None) -> dict:
+                picture_dir: Path | None = None, phrasing: str = "task") -> dict:
     cfg = MotionConfig()
     scene = task.scene(base_scene, seed)
     world = SimWorld(scene, seed=seed, renderer="gl")
@@ -43,7 +52,8 @@ def run_episode(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, seed: 
             if goal is None:
                 break
             colour, height = world_heightmap(world)
-            prediction = agent.predict(colour, height, goal.instruction)
+            instruction = reworded(goal.instruction, phrasing)
+            prediction = agent.predict(colour, height, instruction)
             if picture_dir is not None:
                 from PIL import Image
 
@@ -52,7 +62,7 @@ def run_episode(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, seed: 
                     picture_dir / f"{task.name}_{seed:06d}_step{step}.png")
             moved, message = run_pick_place(world, prediction.pick_xyz, prediction.pick_yaw, prediction.place_xyz,
                                             prediction.place_yaw, cfg)
-            steps.append({"instruction": goal.instruction, "moved": moved, "message": message,
+            steps.append({"instruction": instruction, "moved": moved, "message": message,
                           "confidence": round(prediction.confidence, 4)})
         final_reward = reward(goals, world_truth(world), scene)
     finally:
@@ -62,15 +72,15 @@ def run_episode(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, seed: 
 
 def evaluate(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, episodes: int,
              first_seed: int = EVAL_FIRST_SEED, progress=None, picture_dir: Path | None = None,
-             pictures: int = 0) -> dict:
+             pictures: int = 0, phrasing: str = "task") -> dict:
     outcomes = []
     started = time.perf_counter()
     for i, seed in enumerate(range(first_seed, first_seed + episodes)):
-        outcomes.append(run_episode(agent, task, base_scene, seed, picture_dir if i < pictures else None))
+        outcomes.append(run_episode(agent, task, base_scene, seed, picture_dir if i < pictures else None, phrasing))
         if progress is not None:
             progress(outcomes[-1])
     rewards = [o["reward"] for o in outcomes]
-    return {"task": task.name, "episodes": episodes, "first_seed": first_seed,
+    return {"task": task.name, "phrasing": phrasing, "episodes": episodes, "first_seed": first_seed,
             "score": 100.0 * float(np.mean(rewards)), "success_rate": float(np.mean([o["success"] for o in outcomes])),
             "wall_time_s_per_episode": (time.perf_counter() - started) / max(episodes, 1),
             "failures": [o for o in outcomes if not o["success"]]}
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--first-seed", type=int, default=EVAL_FIRST_SEED)
     parser.add_argument("--model", default="", help="folder with cliport.pt + config.json (default: the shipped one)")
+    parser.add_argument("--phrasing", choices=["task", "held-out"], default="task",
+                        help="held-out: put-in-bowl instructions reworded in a way training never saw")
     parser.add_argument("--pictures", type=int, default=0, help="save heatmap pictures of the first N episodes")
     parser.add_argument("--pictures-dir", default="cliport_eval", help="where the pictures go")
     parser.add_argument("--threads", type=int, default=0)
@@ -135,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix(seed=outcome["seed"], reward=f"{outcome['reward']:.2f}")
 
         result = evaluate(agent, task, scene, args.episodes, args.first_seed, progress, Path(args.pictures_dir),
-                          args.pictures)
-    print(f"cliport-{agent.cfg.name} on {args.task}: score {result['score']:.1f} (mean reward x100), "
+                          args.pictures, args.phrasing)
+    print(f"cliport-{agent.cfg.name} on {args.task} ({args.phrasing} phrasing): score {result['score']:.1f} "
+          f"(mean reward x100), "
           f"{result['success_rate'] * 100:.1f}% of {args.episodes} episodes solved "
           f"(seeds {args.first_seed}..{args.first_seed + args.episodes - 1}), "
           f"{result['wall_time_s_per_episode']:.1f} s per episode")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,28 @@ TASKS: dict[str, Task] = {
     "put-blocks-in-bowl-seen-colors": PutBlocksInBowl("put-blocks-in-bowl-seen-colors", SEEN_COLORS),
     "stack-block-pyramid-seq-seen-colors": StackBlockPyramid("stack-block-pyramid-seq-seen-colors", SEEN_COLORS),
 }
+
+
+# Other phrasings of a put-in-bowl instruction, drawn during training so the skill follows
+# the planner's skill texts ("pick up the red block and place it in the green bowl") and
+# people's wording. HELD_OUT_PHRASING is never trained on: evaluation checks it.
+PUT_IN_BOWL = re.compile(r"^put the (\w+) block in the (\w+) bowl$")
+PHRASINGS = (
+    "put the {block} block in the {bowl} bowl",
+    "pick up the {block} block and place it in the {bowl} bowl",
+    "place the {block} block into the {bowl} bowl",
+    "move the {block} block to the {bowl} bowl",
+    "put the {block} cube in the {bowl} bowl",
+)
+HELD_OUT_PHRASING = "drop the {block} block into the {bowl} bowl"
+
+
+def phrasings(instruction: str) -> list[str]:
+    """The instruction and its other phrasings (just itself for other templates)."""
+    match = PUT_IN_BOWL.match(instruction)
+    if match is None:
+        return [instruction]
+    return [p.format(block=match.group(1), bowl=match.group(2)) for p in PHRASINGS]
 
 
 def get_task(name: str) -> Task:

@@ -1,7 +1,8 @@
 """Train CLIPort on recorded demonstrations: `ros-vla train cliport --tasks T[,T...] --demos N`.
 
 Each iteration draws demonstration steps at random, applies a random SE(2) transform to
-the heightmap and its labels, and minimises the cross-entropy of the pick pixel (over all
+the heightmap and its labels, words the instruction one of several ways (tasks.phrasings),
+and minimises the cross-entropy of the pick pixel (over all
 pixels) plus that of the place (over rotations x pixels), as in the paper. The frozen
 language encoder's embeddings are computed once per distinct instruction.
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ros_vla.cliport.config import CLIPortConfig
 from ros_vla.cliport.data import load_steps, make_sample
 from ros_vla.cliport.model import build_model
+from ros_vla.cliport.tasks import phrasings
 
 
 def batch_tensors(samples, embeddings: dict[str, np.ndarray], cfg: CLIPortConfig):
@@ -56,7 +58,7 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
         raise ValueError(f"no successful demonstrations of {tasks} in {data_dir}")
     torch.manual_seed(seed)
     model, encoder = build_model(cfg)
-    instructions = sorted({str(s["instructions"]) for s in steps})
+    instructions = sorted({p for s in steps for p in phrasings(str(s["instructions"]))})
     embeddings = dict(zip(instructions, encoder.embed(instructions)))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=1e-4)
@@ -77,6 +79,9 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
         for iteration in range(start, iterations):
             chosen = rng.integers(0, len(steps), batch_size)
             samples = [make_sample(steps[i], cfg.downsample, cfg.n_rotations, rng) for i in chosen]
+            for sample in samples:
+                options = phrasings(sample.instruction)
+                sample.instruction = options[rng.integers(len(options))]
             pick_loss, place_loss = losses(model, *batch_tensors(samples, embeddings, cfg))
             optimiser.zero_grad()
             (pick_loss + place_loss).backward()
