@@ -26,6 +26,7 @@ NODES = [
     "instruction_node",
     "oracle_skill_node",
     "cliport_node",
+    "attribute_checker_node",
     "franka_gripper_node",
     "realsense_node",
     "speech_node",

@@ -14,6 +14,10 @@
   ros-vla train cliport --tasks T --demos N --out DIR   train CLIPort (resumable)
   ros-vla eval cliport --task T --episodes N [--model DIR] [--json]   closed loop in sim
   ros-vla bench cliport [--json]         CLIPort pick+place latency, torch vs ONNX Runtime
+  ros-vla demos miavlm --out DIR --scenes N   render the multiview attribute benchmark
+  ros-vla train miavlm --data F --out F  train the MIAVLM attribute checker
+  ros-vla eval miavlm [--json]           HoOA on the held-out benchmark scenes (shipped weights)
+  ros-vla bench miavlm [--json]          attribute checker latency for 1..9 views
 
 Every `bench` and `eval` command takes --json and then prints one JSON object as its
 last line, with figures named with their units.
@@ -98,6 +102,10 @@ METHOD_COMMANDS = {
     ("train", "cliport"): "ros_vla.cliport.train:main",
     ("eval", "cliport"): "ros_vla.cliport.eval:main",
     ("bench", "cliport"): "ros_vla.cliport.bench:main",
+    ("demos", "miavlm"): "ros_vla.miavlm.data:main",
+    ("train", "miavlm"): "ros_vla.miavlm.train:main",
+    ("eval", "miavlm"): "ros_vla.miavlm.eval:main",
+    ("bench", "miavlm"): "ros_vla.miavlm.bench:main",
 }
 
 
@@ -126,16 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["sim", "rt1", "cliport"], help="cliport: see ros-vla bench cliport --help")
+    bench.add_argument("target", choices=["sim", "rt1", "cliport", "miavlm"],
+                       help="cliport, miavlm: see ros-vla bench METHOD --help")
     bench.add_argument("--duration", type=float, default=None,
                        help="seconds of measurement (sim: in all, default 20; rt1: per backend and cache mode, "
                             "default 8)")
     bench.add_argument("--config", choices=["paper", "small"], default="paper", help="rt1: network size")
     bench.add_argument("--json", action="store_true")
     evaluate = sub.add_parser("eval", help="evaluations in simulation")
-    evaluate.add_argument("target", choices=["oracle", "cliport"],
+    evaluate.add_argument("target", choices=["oracle", "cliport", "miavlm"],
                           help="oracle: the ground-truth pick-and-place skill, the baseline for learned ones; "
-                               "cliport: see ros-vla eval cliport --help")
+                               "cliport, miavlm: see ros-vla eval METHOD --help")
     evaluate.add_argument("--episodes", type=int, default=20)
     evaluate.add_argument("--first-seed", type=int, default=1000, help="scenes use seeds from here on")
     evaluate.add_argument("--json", action="store_true")
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         from ros_vla.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
-    if argv and argv[0] == "demos" and argv[1:2] != ["cliport"]:
+    if argv and argv[0] == "demos" and argv[1:2] not in (["cliport"], ["miavlm"]):
         from ros_vla.rt1.data import demos_main
 
         return demos_main(argv[1:])
