@@ -27,6 +27,7 @@ NODES = [
     "oracle_skill_node",
     "cliport_node",
     "attribute_checker_node",
+    "saycan_planner_node",
     "franka_gripper_node",
     "realsense_node",
     "speech_node",

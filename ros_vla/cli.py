@@ -18,6 +18,10 @@
   ros-vla train miavlm --data F --out F  train the MIAVLM attribute checker
   ros-vla eval miavlm [--json]           HoOA on the held-out benchmark scenes (shipped weights)
   ros-vla bench miavlm [--json]          attribute checker latency for 1..9 views
+  ros-vla train saycan-lm --out DIR      SayCan's small causal LM on the generated plan corpus
+  ros-vla demos saycan-value --out F     skill outcomes in sim for the value function; train saycan-value
+  ros-vla eval saycan [--ablations]      plan / execution success per instruction family (suite in config/)
+  ros-vla bench saycan [--json]          time to score every skill for one planning step
 
 Every `bench` and `eval` command takes --json and then prints one JSON object as its
 last line, with figures named with their units.
@@ -106,6 +110,11 @@ METHOD_COMMANDS = {
     ("train", "miavlm"): "ros_vla.miavlm.train:main",
     ("eval", "miavlm"): "ros_vla.miavlm.eval:main",
     ("bench", "miavlm"): "ros_vla.miavlm.bench:main",
+    ("eval", "saycan"): "ros_vla.saycan.eval:main",
+    ("bench", "saycan"): "ros_vla.saycan.bench:main",
+    ("train", "saycan-lm"): "ros_vla.saycan.train_lm:main",
+    ("train", "saycan-value"): "ros_vla.saycan.affordance:train_main",
+    ("demos", "saycan-value"): "ros_vla.saycan.affordance:data_main",
 }
 
 
@@ -134,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("target", choices=["sim", "rt1", "cliport", "miavlm"],
+    bench.add_argument("target", choices=["sim", "rt1", "cliport", "miavlm", "saycan"],
                        help="cliport, miavlm: see ros-vla bench METHOD --help")
     bench.add_argument("--duration", type=float, default=None,
                        help="seconds of measurement (sim: in all, default 20; rt1: per backend and cache mode, "
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", choices=["paper", "small"], default="paper", help="rt1: network size")
     bench.add_argument("--json", action="store_true")
     evaluate = sub.add_parser("eval", help="evaluations in simulation")
-    evaluate.add_argument("target", choices=["oracle", "cliport", "miavlm"],
+    evaluate.add_argument("target", choices=["oracle", "cliport", "miavlm", "saycan"],
                           help="oracle: the ground-truth pick-and-place skill, the baseline for learned ones; "
                                "cliport, miavlm: see ros-vla eval METHOD --help")
     evaluate.add_argument("--episodes", type=int, default=20)
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         from ros_vla.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
-    if argv and argv[0] == "demos" and argv[1:2] not in (["cliport"], ["miavlm"]):
+    if argv and argv[0] == "demos" and argv[1:2] not in (["cliport"], ["miavlm"], ["saycan-value"]):
         from ros_vla.rt1.data import demos_main
 
         return demos_main(argv[1:])
