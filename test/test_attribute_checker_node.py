@@ -143,7 +143,7 @@ def checker(scene):
 
 
 def test_answers_about_the_rendered_object_with_the_views_it_has(checker, scene):
-    # Size: the attribute the shipped model gets right (see models/miavlm/README.md).
+    # Size questions here; colour and shape are checked without ROS in test_miavlm.py.
     checker.cameras(*PUBLISHED)
     kind, size = KINDS[scene.kind], SIZES[scene.size]
     wrong = next(s for s in SIZES if s != size)

@@ -165,14 +165,22 @@ class MIAVLM(nn.Module):
         pooled = fused.mean(dim=1)
         return {name: probe(pooled) for name, probe in self.probes.items()}
 
-    def fuse(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, V, H, W, 3] uint8 views -> fused tokens [B, K, dim] and view weights [B, V].
-        All B x V views go through the encoder and the extractor as one batch."""
+    def view_outputs(self, views: torch.Tensor) -> torch.Tensor:
+        """[B, V, H, W, 3] uint8 views -> the extractor's tokens of each view on its own,
+        [B, V, K, dim]. All B x V views go through the encoder and the extractor as one batch."""
         batch, count = views.shape[:2]
         outputs = self.extractor(self.encoder(views.flatten(0, 1)))
-        outputs = outputs.view(batch, count, *outputs.shape[1:])
+        return outputs.view(batch, count, *outputs.shape[1:])
+
+    def fuse_outputs(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAP fusion of per-view tokens [B, V, K, dim] -> fused tokens [B, K, dim] and view
+        weights [B, V] (the softmax over the views and the weighted sum: symmetric in V)."""
         weights = self.sampler(outputs, self.extractor.prompts)
         return torch.einsum("bv,bvkd->bkd", weights, outputs), weights
+
+    def fuse(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, V, H, W, 3] uint8 views -> fused tokens [B, K, dim] and view weights [B, V]."""
+        return self.fuse_outputs(self.view_outputs(views))
 
     def forward(self, views: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Views [B, V, H, W, 3] uint8 and questions [B, Q, 384] -> logits of yes [B, Q] and

@@ -11,6 +11,12 @@ of the model's linear probes of the target's colour, shape and size on the fused
 questions stayed at chance). AdamW, linear warm-up then cosine decay. --init continues
 from an earlier weights file; the file written lists the earlier stages in its metadata.
 
+--freeze-visual (with --init) keeps the view encoder and the Visual Extractor fixed: each
+training view's extractor tokens are computed once, and the steps train the Multihead
+Sampler, the answer head and the probes on random subsets of them (no mirroring), about
+60 steps per second. The shipped model's last stage: its head learns to read the colour
+that the visual side carries (README.md, "Why colour questions were at chance").
+
 --variant tiled is the naive baseline: the same network, but its views are tiled into one
 3x3 image (ros_vla.miavlm.model.tile_views) and read as a single view.
 
@@ -45,20 +51,43 @@ def questions_by_scene(arrays: dict[str, np.ndarray], negatives: bool) -> np.nda
     return rows[order].reshape(len(arrays["images"]), per_scene)
 
 
+def random_subsets(items: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, 9, ...] -> [B, count, ...]: a random subset of each scene's views in a random order."""
+    batch, available = items.shape[:2]
+    order = torch.argsort(torch.rand(batch, available, generator=generator), dim=1)[:, :count]
+    return items[torch.arange(batch)[:, None], order]
+
+
 def random_views(images: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """[B, 9, S, S, 3] -> [B, count, S, S, 3]: a random subset of each scene's views in a
     random order, each view mirrored left-right with probability 1/2."""
-    batch, available = images.shape[:2]
-    order = torch.argsort(torch.rand(batch, available, generator=generator), dim=1)[:, :count]
-    views = images[torch.arange(batch)[:, None], order]
+    batch = images.shape[0]
+    views = random_subsets(images, count, generator)
     mirrored = torch.rand(batch, count, generator=generator) < 0.5
     return torch.where(mirrored[:, :, None, None, None], views.flip(3), views)
 
 
+def cached_view_outputs(model: MIAVLM, images: torch.Tensor, progress: bool = True,
+                        chunk: int = 50) -> torch.Tensor:
+    """The extractor's tokens of every view on its own, [N, 9, K, dim], for training with
+    the view encoder and the extractor fixed (--freeze-visual): computed once."""
+    from tqdm import tqdm
+
+    outputs = []
+    with torch.no_grad():
+        for first in tqdm(range(0, len(images), chunk), desc="miavlm view tokens", unit="chunk",
+                          disable=not progress, file=sys.stderr, mininterval=2.0):
+            outputs.append(model.view_outputs(images[first:first + chunk]))
+    return torch.cat(outputs)
+
+
 def train(arrays: dict[str, np.ndarray], variant: str = "multiview", negatives: bool = True, steps: int = 1500,
           batch: int = 32, learning_rate: float = 1e-3, seed: int = 0, attribute_loss: float = 0.5,
-          init: MIAVLM | None = None, progress: bool = True) -> tuple[MIAVLM, dict]:
+          init: MIAVLM | None = None, progress: bool = True, freeze_visual: bool = False) -> tuple[MIAVLM, dict]:
     from tqdm import tqdm
+
+    if freeze_visual and variant == "tiled":
+        raise ValueError("--freeze-visual caches each view's tokens; the tiled baseline reads one tiled image")
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -73,21 +102,31 @@ def train(arrays: dict[str, np.ndarray], variant: str = "multiview", negatives: 
 
     model = init if init is not None else MIAVLM(MIAVLMConfig())
     model.head.question_mean.copy_(embeddings[torch.unique(question_text)].mean(dim=0))
+    started = time.monotonic()
+    view_tokens = None
+    if freeze_visual:
+        for part in (model.encoder, model.extractor):
+            part.requires_grad_(False)
+        model.eval()
+        view_tokens = cached_view_outputs(model, images, progress)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                                  weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step / steps, 1.0))))
-    started = time.monotonic()
     recent_loss, recent_correct, history = [], [], []
     bar = tqdm(range(steps), desc=f"miavlm train {variant}{'' if negatives else ' no-neg'}", unit="step",
                disable=not progress, file=sys.stderr, mininterval=2.0)
     for step in bar:
         scenes = torch.randint(len(images), (batch,), generator=generator)
         count = int(torch.randint(1, images.shape[1] + 1, (1,), generator=generator))
-        views = random_views(images[scenes], count, generator)
+        if view_tokens is not None:
+            fused, _ = model.fuse_outputs(random_subsets(view_tokens[scenes], count, generator))
+        else:
+            views = random_views(images[scenes], count, generator)
+            fused, _ = model.fuse(tile_views(views) if variant == "tiled" else views)
         rows = questions[scenes]
-        fused, _ = model.fuse(tile_views(views) if variant == "tiled" else views)
         logits = model.head(fused, embeddings[question_text[rows]])
         target = answers[rows]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -108,8 +147,10 @@ def train(arrays: dict[str, np.ndarray], variant: str = "multiview", negatives: 
             bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['accuracy']:.3f}")
             recent_loss, recent_correct = [], []
     model.eval()
+    model.requires_grad_(True)
     info = {"variant": variant, "negatives": negatives, "steps": steps, "batch": batch, "learning_rate": learning_rate,
-            "seed": seed, "attribute_loss": attribute_loss, "train_scenes": int(len(images)),
+            "seed": seed, "attribute_loss": attribute_loss, "freeze_visual": freeze_visual,
+            "train_scenes": int(len(images)),
             "wall_time_s": round(time.monotonic() - started, 1), "history": history}
     return model, info
 
@@ -129,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight of the auxiliary loss on the target's colour, shape and size (0: off)")
     parser.add_argument("--init", default=None, help="start from this weights file (either variant: the network is "
                                                      "the same), e.g. to continue a training")
+    parser.add_argument("--freeze-visual", action="store_true",
+                        help="keep the view encoder and the Visual Extractor fixed (their tokens per view are "
+                             "computed once) and train the sampler, the answer head and the probes on them")
     args = parser.parse_args(argv)
+    if args.freeze_visual and not args.init:
+        parser.error("--freeze-visual needs --init: a fixed untrained encoder sees nothing")
 
     arrays = load_benchmark(args.data)
     benchmark = BenchmarkConfig.from_dict(json.loads(str(arrays["config"])))
@@ -141,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.init} was trained on another benchmark")
         earlier = meta["training"].get("stages", []) + [{k: v for k, v in meta["training"].items() if k != "stages"}]
     model, info = train(select_scenes(arrays, ~is_test), args.variant, not args.no_negatives, args.steps, args.batch,
-                        args.lr, args.seed, args.attribute_loss, init)
+                        args.lr, args.seed, args.attribute_loss, init, freeze_visual=args.freeze_visual)
     info["benchmark_scenes"] = int(len(is_test))
     if earlier:
         info["stages"] = earlier  # the trainings this one continued, oldest first

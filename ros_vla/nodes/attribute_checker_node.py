@@ -19,9 +19,9 @@ the object it is about to grasp.
 Views: the newest frame per view is kept; a view whose frame is missing, older than
 `stale_view_s` (or stamped that far ahead of this node's clock) is left out of the answer.
 
-Weights: `model_path`, "" = the shipped models/miavlm/miavlm.pt (see its model card: shape
-and size answers are reliable, colour answers are not). If they cannot be loaded the node
-stays up and answers every query "cannot_see" with the reason.
+Weights: `model_path`, "" = the shipped models/miavlm/miavlm.pt (see its model card: with
+8 views of the benchmark HoOA 0.986, colour 0.998, shape 0.962, size 0.998; one view 0.889).
+If they cannot be loaded the node stays up and answers every query "cannot_see" with the reason.
 
 Threads: callbacks only store frames or queue requests; a worker thread loads the weights
 and the sentence encoder at start, then answers requests one at a time (queries sent while
