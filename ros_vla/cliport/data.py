@@ -15,6 +15,8 @@ Files written to the output folder (`ros-vla demos cliport TASK -n N --out DIR`)
     place_pixel   int16   [T, 2]        (row, col) of the oracle's release point
     place_theta   float32 [T]           how far the gripper turns the object, radians in [-pi, pi)
     pick_xyz, place_xyz float32 [T, 3]  the same targets in fr3_link0, metres
+    object_xyz    float32 [T, N, 3]     every object's centre in fr3_link0 before each step, and
+    object_names, object_kinds, object_colors  str [N]   what they are (for relabelling, below)
     instructions  str     [T]
     reward        float32 [T]           partial credit after each step
     task str [], seed int64 [], success bool []
@@ -35,9 +37,10 @@ import cv2
 import numpy as np
 
 from ros_vla.cliport.config import MAX_HEIGHT_M, WORKSPACE
-from ros_vla.cliport.tasks import Task, next_goal, oracle_targets, reward
+from ros_vla.cliport.tasks import PUT_IN_BOWL, Task, next_goal, oracle_targets, reward
 from ros_vla.perception.heightmap import HeightmapSpec, RgbdView, fuse_heightmap
 from ros_vla.robot.motion import MotionConfig, canonical_grasp_yaw
+from ros_vla.sim.goals import pose_in_frame
 from ros_vla.sim.oracle import run_pick_place, world_truth
 from ros_vla.sim.scene import SceneConfig
 from ros_vla.sim.world import SimWorld
@@ -78,7 +81,9 @@ def record_episode(task: Task, base_scene: SceneConfig, seed: int, cfg: MotionCo
                 break
             colour, height = world_heightmap(world)
             pick_xyz, pick_yaw, place_xyz, place_yaw = oracle_targets(goal, truth, goals, scene)
+            arm_base = np.asarray(truth["arm_base_in_map"])
             steps.append({
+                "object_xyz": np.array([pose_in_frame(truth, o["name"], arm_base)[0] for o in truth["objects"]]),
                 "colour": colour, "height_mm": np.round(height * 1000).astype(np.uint16),
                 "pick_pixel": WORKSPACE.xy_to_pixel(*pick_xyz[:2]),
                 "place_pixel": WORKSPACE.xy_to_pixel(*place_xyz[:2]),
@@ -99,6 +104,10 @@ def record_episode(task: Task, base_scene: SceneConfig, seed: int, cfg: MotionCo
         "place_xyz": np.array([s["place_xyz"] for s in steps], np.float32),
         "instructions": np.array([s["instruction"] for s in steps]),
         "reward": np.array([s["reward"] for s in steps], np.float32),
+        "object_names": np.array([o.name for o in scene.objects]),
+        "object_kinds": np.array([o.kind for o in scene.objects]),
+        "object_colors": np.array([o.color for o in scene.objects]),
+        "object_xyz": np.array([s["object_xyz"] for s in steps], np.float32),
         "task": np.array(task.name), "seed": np.int64(seed), "success": np.bool_(final >= 1.0),
     }
 
@@ -170,9 +179,14 @@ def load_steps(data_dir: str | Path, task: str, max_episodes: int | None = None)
     steps = []
     for entry in entries:
         with np.load(folder / entry["file"]) as episode:
+            objects = ({"kinds": episode["object_kinds"], "colors": episode["object_colors"]}
+                       if "object_xyz" in episode else None)
             for t in range(len(episode["reward"])):
-                steps.append({key: episode[key][t] for key in
-                              ("colour", "height_mm", "pick_pixel", "place_pixel", "place_theta", "instructions")})
+                step = {key: episode[key][t] for key in
+                        ("colour", "height_mm", "pick_pixel", "place_pixel", "place_theta", "instructions")}
+                if objects is not None:
+                    step["objects"] = {**objects, "xyz": episode["object_xyz"][t]}
+                steps.append(step)
     return steps
 
 
@@ -195,6 +209,27 @@ def se2_augment(colour, height_m, points: list[tuple[int, int]], rng: np.random.
             height_m = cv2.warpAffine(height_m, matrix, (cols, rows), flags=cv2.INTER_NEAREST)
             return colour, height_m, [(int(round(r)), int(round(c))) for r, c in moved]
     return colour, height_m, points
+
+
+def relabelled(step: dict, rng: np.random.Generator, colors: tuple[str, ...]) -> dict:
+    """The same heightmap with another put-in-bowl goal: a block resting on the table and
+    a bowl, both of `colors`, drawn from the objects recorded with the step (hindsight
+    relabelling: every pair in view is a correct demonstration of its own instruction, so
+    the networks must read both colour words, not guess the scene's one goal). Steps
+    without recorded objects, or without such a pair, come back unchanged."""
+    objects = step.get("objects")
+    if objects is None or not PUT_IN_BOWL.match(str(step["instructions"])):
+        return step
+    kinds, names_colors, xyz = objects["kinds"], objects["colors"], objects["xyz"]
+    blocks = [i for i in range(len(kinds)) if kinds[i] == "block" and names_colors[i] in colors and xyz[i][2] < 0.03]
+    bowls = [i for i in range(len(kinds)) if kinds[i] == "bowl" and names_colors[i] in colors]
+    if not blocks or not bowls:
+        return step
+    block, bowl = int(rng.choice(blocks)), int(rng.choice(bowls))
+    # Release a block's height above the bowl's floor, as the oracle does.
+    return {**step, "pick_pixel": WORKSPACE.xy_to_pixel(*xyz[block][:2]),
+            "place_pixel": WORKSPACE.xy_to_pixel(*xyz[bowl][:2]), "place_theta": 0.0,
+            "instructions": f"put the {names_colors[block]} block in the {names_colors[bowl]} bowl"}
 
 
 def make_sample(step: dict, factor: int, n_rotations: int, rng: np.random.Generator | None = None,

@@ -9,9 +9,9 @@ get partial credit, the fraction of goals met at the end.
 
 Tasks:
 - put-block-in-bowl-{seen,unseen}-colors: one block into one bowl, with 1-3 distractor
-  blocks and 0-2 distractor bowls. "put the red block in the green bowl". The split
-  decides the colours of the block and bowl named in the instruction; distractors take
-  any other colour of the palette, so an unseen colour is never *named* in training.
+  blocks and 0-2 distractor bowls (up to as many as the split has other colours), every
+  colour from the split: a model trained on seen colours never sees an unseen one. "put
+  the red block in the green bowl".
 - put-blocks-in-bowl-seen-colors (multi-object): every block of one colour (2 or 3) into
   one bowl, side by side; distractor blocks and bowls. "put all the red blocks in the
   green bowl", the same instruction at every step.
@@ -82,9 +82,9 @@ def _distinct(rng: np.random.Generator, colors: tuple[str, ...], n: int, exclude
 class PutBlockInBowl(Task):
     def objects(self, rng):
         block, bowl = _distinct(rng, self.colors, 2)
-        other = tuple(c for c in SEEN_COLORS + UNSEEN_COLORS if c not in (block, bowl))
-        distractor_blocks = _distinct(rng, other, int(rng.integers(1, 4)))
-        distractor_bowls = _distinct(rng, other, int(rng.integers(0, 3)), exclude=tuple(distractor_blocks))
+        other = tuple(c for c in self.colors if c not in (block, bowl))
+        distractor_blocks = _distinct(rng, other, int(rng.integers(1, min(4, len(other) + 1))))
+        distractor_bowls = _distinct(rng, other, int(rng.integers(0, min(3, len(other) + 1))))
         distractors = [ObjectSpec("block", c) for c in distractor_blocks] + [ObjectSpec("bowl", c)
                                                                              for c in distractor_bowls]
         return (ObjectSpec("block", block), ObjectSpec("bowl", bowl), *distractors)

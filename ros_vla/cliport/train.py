@@ -1,13 +1,14 @@
 """Train CLIPort on recorded demonstrations: `ros-vla train cliport --tasks T[,T...] --demos N`.
 
 Each iteration draws demonstration steps at random, applies a random SE(2) transform to
-the heightmap and its labels, words the instruction one of several ways (tasks.phrasings),
-and minimises the cross-entropy of the pick pixel (over all
+the heightmap and its labels, gives half of the put-in-bowl samples another block and bowl
+in view as their goal (data.relabelled), words the instruction one of several ways
+(tasks.phrasings), and minimises the cross-entropy of the pick pixel (over all
 pixels) plus that of the place (over rotations x pixels), as in the paper. The frozen
 language encoder's embeddings are computed once per distinct instruction.
 
 The output folder holds `checkpoint.pt` (model, optimiser, iteration, RNG state: a rerun
-with the same folder resumes), and at the end `cliport.pt` (weights only) and
+with the same folder resumes, at the --lr it is given), and at the end `cliport.pt` (weights only) and
 `config.json`, which is what the agent, the node and `ros-vla eval cliport` load.
 """
 
@@ -24,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ros_vla.cliport.config import CLIPortConfig
-from ros_vla.cliport.data import load_steps, make_sample
+from ros_vla.cliport.data import load_steps, make_sample, relabelled
 from ros_vla.cliport.model import build_model
-from ros_vla.cliport.tasks import phrasings
+from ros_vla.cliport.tasks import get_task, phrasings
 
 
 def batch_tensors(samples, embeddings: dict[str, np.ndarray], cfg: CLIPortConfig):
@@ -46,7 +47,7 @@ def losses(model, image, language, pick, pick_target, place_target) -> tuple[tor
 
 def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, iterations: int, out_dir: str,
           batch_size: int = 4, learning_rate: float = 5e-4, seed: int = 0, checkpoint_every: int = 200,
-          threads: int = 0) -> dict:
+          threads: int = 0, relabel: float = 0.5) -> dict:
     from tqdm import tqdm
 
     if threads:
@@ -58,7 +59,9 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
         raise ValueError(f"no successful demonstrations of {tasks} in {data_dir}")
     torch.manual_seed(seed)
     model, encoder = build_model(cfg)
-    instructions = sorted({p for s in steps for p in phrasings(str(s["instructions"]))})
+    relabel_colors = tuple(dict.fromkeys(c for task in tasks for c in get_task(task).colors))
+    pairs = [f"put the {a} block in the {b} bowl" for a in relabel_colors for b in relabel_colors]
+    instructions = sorted({p for text in {str(s["instructions"]) for s in steps} | set(pairs) for p in phrasings(text)})
     embeddings = dict(zip(instructions, encoder.embed(instructions)))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=1e-4)
@@ -71,6 +74,8 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
             raise ValueError(f"{checkpoint} was written for another configuration; use a new --out folder")
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
+        for group in optimiser.param_groups:  # a resumed run may lower the rate for its last stretch
+            group["lr"] = learning_rate
         rng.bit_generator.state = state["rng"]
         start, history = state["iteration"], state["history"]
     model.train()
@@ -78,7 +83,8 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
     with tqdm(total=iterations, initial=start, desc=f"train cliport-{cfg.name}", unit="it") as bar:
         for iteration in range(start, iterations):
             chosen = rng.integers(0, len(steps), batch_size)
-            samples = [make_sample(steps[i], cfg.downsample, cfg.n_rotations, rng) for i in chosen]
+            samples = [make_sample(relabelled(steps[i], rng, relabel_colors) if rng.random() < relabel else steps[i],
+                                   cfg.downsample, cfg.n_rotations, rng) for i in chosen]
             for sample in samples:
                 options = phrasings(sample.instruction)
                 sample.instruction = options[rng.integers(len(options))]
@@ -122,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--relabel", type=float, default=0.5,
+                        help="fraction of put-in-bowl samples given another block/bowl pair in view (data.relabelled)")
     parser.add_argument("--out", required=True, help="output folder; an existing checkpoint there is resumed")
     args = parser.parse_args(argv)
     overrides = {"clip_checkpoint": args.clip_checkpoint} if args.config == "rn50" else {}
     cfg = CLIPortConfig.named(args.config, **overrides)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     result = train(cfg, args.data, tasks, args.demos, args.iterations, args.out, args.batch_size, args.lr,
-                   args.seed, threads=args.threads)
+                   args.seed, threads=args.threads, relabel=args.relabel)
     last = result["history"][-50:]
     pixels = cfg.heightmap.shape[0] * cfg.heightmap.shape[1]
     print(f"cliport-{cfg.name}: {args.iterations} iterations; last 50: pick loss {np.mean([h[0] for h in last]):.3f}, "
