@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -34,9 +33,6 @@ def _timed(function, repeats: int) -> np.ndarray:
 
 
 def run_bench(weights: Path, repeats: int, threads: int) -> dict:
-    # Spinning OpenMP threads stall for up to a second when another process holds a core
-    # (measured here: 0.02 s forwards became 0.3-1 s); the variable is read when torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from ros_vla.miavlm.model import load_checkpoint, view_input

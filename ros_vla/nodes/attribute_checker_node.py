@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import partial
 from pathlib import Path
 
@@ -94,9 +93,6 @@ class AttributeCheckerNode(Node):
 
     # ----------------------------------------------------------------- worker
     def load(self, model_path: str):
-        # Spinning OpenMP threads stall for up to a second when another process holds a core
-        # (see ros_vla/miavlm/bench.py); the variable must be set before torch is first imported.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from ros_vla.miavlm.checker import AttributeChecker
         from ros_vla.miavlm.config import shipped_weights
 

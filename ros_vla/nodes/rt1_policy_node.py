@@ -35,7 +35,6 @@ the period), stale frames, step latency (median and max of the last 100 steps).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -175,9 +174,6 @@ class RT1PolicyNode(Node):
     # ----------------------------------------------------------------- worker
     def load(self, model_dir: Path):
         """Once, at start: the network on its backend, warmed up, and the sentence encoder."""
-        # Spinning OpenMP threads stall for seconds when another process holds a core (see
-        # ros_vla/rt1/README.md); the variable must be set before torch is first imported.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             from ros_vla.rt1.model import MiniLMInstructionEncoder
 
