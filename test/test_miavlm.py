@@ -36,7 +36,7 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def scenes(encoder):  # the encoder is loaded first: see data._load_triton_before_opengl
+def scenes(encoder):  # the encoder is loaded first: see gl_renderer._load_triton_before_opengl
     renderer = SceneRenderer(BENCHMARK)
     try:
         yield {index: renderer.scene(index) for index in TEST_SCENES}

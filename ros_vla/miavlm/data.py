@@ -38,8 +38,6 @@ split by scene, so no test view or question is seen in training).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass
@@ -79,15 +77,6 @@ class Scene:
     questions: list[tuple[str, int, int]]  # (text, attribute index, answer 1 yes / 0 no)
 
 
-def _load_triton_before_opengl():
-    """Mesa's software OpenGL and triton each load their own LLVM; triton loaded after an
-    OpenGL context exists crashes the process (a segfault in its import). torch loads
-    triton lazily, when the sentence encoder or torchvision is first imported, so load it
-    now, before the renderer, where it is installed."""
-    if importlib.util.find_spec("triton") is not None:
-        importlib.import_module("triton")
-
-
 def is_test_scene(index: int, config: BenchmarkConfig) -> bool:
     return index % config.test_every == config.test_every - 1
 
@@ -115,7 +104,6 @@ class SceneRenderer:
     def __init__(self, config: BenchmarkConfig = BenchmarkConfig()):
         from ros_vla.sim.gl_renderer import GLRenderer
 
-        _load_triton_before_opengl()
         self.config = config
         self._client = pybullet.connect(pybullet.DIRECT)
         self._renderer = GLRenderer(self._client)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,12 +333,23 @@ class _BodyPoses:
     link_rows: list[int]
 
 
+def _load_triton_before_opengl():
+    """Mesa's software OpenGL and triton each load their own LLVM; triton loaded after an
+    OpenGL context exists crashes the process (a segfault in its import). torch loads
+    triton lazily (torch.optim, the sentence encoder, torchvision), so any process that
+    renders and runs torch would crash at the first such use: load it first, where it is
+    installed."""
+    if importlib.util.find_spec("triton") is not None:
+        importlib.import_module("triton")
+
+
 class GLRenderer:
     """Renders RGB and depth images of the visual shapes in a PyBullet client."""
 
     def __init__(self, physics_client: int):
         if moderngl is None:
             raise RuntimeError(f"moderngl is not installed ({_MODERNGL_IMPORT_ERROR})")
+        _load_triton_before_opengl()
         try:
             self._egl = _load_egl()
             outer = _egl_binding(self._egl)
