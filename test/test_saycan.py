@@ -354,6 +354,20 @@ def test_symbolic_plan_reaches_goals_only_through_feasible_steps():
     assert state.apply(library.by_text("pick up the blue block and place it on the yellow block"))
 
 
+def test_symbolic_plan_cannot_pick_a_covered_block_or_stack_in_a_cycle():
+    library = load_skill_library(config_file("saycan_skills.yaml"), SCENE)
+    start = truth([("red_block", (0.7, 0.1, 0.57), False), ("blue_block", (0.7, -0.2, 0.57), False),
+                   ("yellow_block", (0.8, 0.0, 0.57), False), ("green_bowl", (0.6, 0.2, 0.553), False),
+                   ("purple_bowl", (0.6, -0.2, 0.553), False)])
+    state = SymbolicState(start, SCENE)
+    assert state.apply(library.by_text("pick up the red block and place it on the blue block"))
+    assert not state.apply(library.by_text("pick up the blue block and place it on the red block")), "a cycle"
+    assert not state.apply(library.by_text("pick up the blue block")), "the red block is on it"
+    assert not state.apply(library.by_text("pick up the yellow block and place it on the blue block"))
+    assert state.apply(library.by_text("pick up the yellow block and place it on the red block"))
+    assert state.holds({"tower": ["red_block", "blue_block", "yellow_block"]}, Outcome("succeeded", ""))
+
+
 def test_symbolic_start_state_sees_blocks_in_bowls():
     start = truth([("red_block", (0.6, 0.2, 0.58), False), ("blue_block", (0.7, -0.2, 0.57), True),
                    ("yellow_block", (0.8, 0.0, 0.57), False), ("green_bowl", (0.6, 0.2, 0.553), False),
@@ -403,3 +417,49 @@ def test_training_documents_are_tokenized_as_a_whole_and_learn_what_the_robot_wr
     assert ids[:-1] == tokenizer(document(examples, True), add_special_tokens=False)["input_ids"]
     learned = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
     assert learned == "".join("Explanation:" + e.text(True).split("Explanation:", 1)[1] for e in examples)
+
+
+def test_curriculum_families_and_colour_binding_examples():
+    from ros_vla.saycan.corpus import CorpusGenerator
+    from ros_vla.saycan.train_lm import binding_examples
+
+    generator = CorpusGenerator(7)
+    assert {generator.example({"single": 1.0}).family for _ in range(5)} == {"single"}
+    examples, _ = binding_examples(11, 20)
+    for e in examples:
+        first = e.plan[1] if e.plan[0] == "go to the table" else e.plan[0]
+        named = [o.split()[0] for o in e.objects if f"the {o}" in first]
+        assert named and all(colour in e.instruction for colour in named), (e.instruction, first)
+
+
+def test_shipped_tokenizer_has_one_token_per_colour_word():
+    from transformers import AutoTokenizer
+
+    from ros_vla.paths import package_share
+    from ros_vla.saycan.corpus import palette
+    from ros_vla.saycan.train_lm import colour_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(package_share() / "models" / "saycan_lm"), local_files_only=True)
+    assert len(colour_token_ids(tokenizer, palette())) == len(palette())
+
+
+def test_shipped_language_model_binds_the_instructions_colours():
+    """Among the scene's skills that act on objects, the shipped LM ranks the instructed block and
+    bowl first. (Against done and "go to the table" it is less sure: it gives done about 0.5 for
+    the stacking instructions; the affordances decide there.)"""
+    from ros_vla.paths import package_share
+    from ros_vla.saycan.corpus import few_shot_examples
+
+    torch.set_num_threads(1)
+    library = load_skill_library(config_file("saycan_skills.yaml"), SCENE)
+    lm = HFCausalLM(package_share() / "models" / "saycan_lm")
+    objects = [name.replace("_", " ") for name in library.objects]
+    cases = {"put the red block in the green bowl": "pick up the red block and place it in the green bowl",
+             "put the yellow block in the purple bowl": "pick up the yellow block and place it in the purple bowl",
+             "stack the blue block on the red block": "pick up the blue block and place it on the red block",
+             "bring me the yellow block": "pick up the yellow block"}
+    for instruction, wanted in cases.items():
+        acting = [s.text for s in library.skills if s.executor in ("pick", "pick_place")]
+        scores = lm.score(few_shot_examples(False) + prompt.query(objects, instruction, []),
+                          [prompt.step_option(t) for t in acting])
+        assert acting[int(np.argmax(scores))] == wanted, instruction

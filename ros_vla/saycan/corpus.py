@@ -49,6 +49,12 @@ GIBBERISH_WORDS = ["blorp", "zig", "quux", "wibble", "flarn", "asdf", "qwerty", 
                    "banana", "seven", "the", "purple", "moon", "under", "quickly", "table", "red"]
 
 
+FAMILY_WEIGHTS = {"single": 14, "stack": 7, "pick": 5, "bring": 9, "put_down": 3, "navigate": 4, "two": 8, "all": 6,
+                  "tower": 5, "put_bring": 5, "bring_two": 4, "any_bowl": 4, "any_block": 4, "refuse": 8}
+# Families whose first step names objects from the instruction: where colour binding is learned and measured.
+BINDING_FAMILIES = {"single": 4, "stack": 2, "pick": 2, "bring": 2, "two": 2, "put_bring": 1, "refuse": 1}
+
+
 @dataclass(frozen=True)
 class Example:
     family: str
@@ -99,11 +105,10 @@ class CorpusGenerator:
         return self.rng.choice(POLITE) + core + self.rng.choice(THANKS)
 
     # ----------------------------------------------------------------- families
-    def example(self) -> Example:
-        family = self.rng.choices(
-            ["single", "stack", "pick", "bring", "put_down", "navigate", "two", "all", "tower", "put_bring",
-             "bring_two", "any_bowl", "any_block", "refuse"],
-            weights=[14, 7, 5, 9, 3, 4, 8, 6, 5, 5, 4, 4, 4, 8])[0]
+    def example(self, families: dict[str, float] | None = None) -> Example:
+        """One example; `families` (name -> weight) overrides FAMILY_WEIGHTS (e.g. a curriculum)."""
+        weights = families or FAMILY_WEIGHTS
+        family = self.rng.choices(list(weights), weights=list(weights.values()))[0]
         blocks, bowls, unused = self.scene()
         lib = self.library(blocks, bowls)
         instruction, plan, explanation = getattr(self, f"_{family}")(lib, blocks, bowls, unused)

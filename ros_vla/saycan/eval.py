@@ -160,17 +160,25 @@ class SymbolicState:
             return where[1] == station_surface(self.scene, self.robot)
         return self.reachable(where[1])
 
+    def covered(self, name: str) -> bool:
+        """Another block rests on it: it cannot be picked, nor have a second block placed on it."""
+        return any(where == ("on", name) for other, where in self.place.items() if other != name)
+
     def apply(self, skill: Skill) -> bool:
-        """The skill's intended effect; False when it cannot be what an ideal executor does here."""
+        """The skill's intended effect; False when it cannot be what an ideal executor does here
+        (out of reach, the gripper full, or the block to pick or to place on has a block on it,
+        which also keeps a plan from stacking blocks in a cycle)."""
         if skill.executor == "pick_place":
             pick, place = skill.args["pick"], skill.args["place"]
             if not (self.reachable(pick) and self.reachable(place)) or self.held not in (None, pick):
+                return False
+            if self.covered(pick) or self.covered(place):
                 return False
             self.held = None
             self.place[pick] = ("in" if place.endswith("bowl") else "on", place)
             return True
         if skill.executor == "pick":
-            if not self.reachable(skill.args["pick"]) or self.held is not None:
+            if not self.reachable(skill.args["pick"]) or self.held is not None or self.covered(skill.args["pick"]):
                 return False
             self.held, self.place[skill.args["pick"]] = skill.args["pick"], ("held",)
             return True
@@ -304,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--value-function", default=str(package_share() / "models" / "saycan_value"))
     parser.add_argument("--skills", default=str(config_file("saycan_skills.yaml")))
     parser.add_argument("--ablations", action="store_true", help="also run 'no affordance' and 'no language model'")
+    parser.add_argument("--settings", default="",
+                        help="comma-separated subset of saycan,no_affordance,no_lm to run (default: saycan, "
+                             "all three with --ablations); e.g. to run the ablations in parallel processes")
     parser.add_argument("--chain-of-thought", action="store_true", help="generate an Explanation line first")
     parser.add_argument("--max-steps", type=int, default=PlannerConfig.max_steps)
     parser.add_argument("--limit", type=int, default=0, help="only the first N instructions (0 = all)")
@@ -322,9 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     value_function = ValueFunction(args.value_function)
     base = PlannerConfig(max_steps=args.max_steps, chain_of_thought=args.chain_of_thought)
     settings = {"saycan": base}
-    if args.ablations:
+    if args.ablations or args.settings:
         settings["no_affordance"] = PlannerConfig(max_steps=args.max_steps, use_affordance=False)
         settings["no_lm"] = PlannerConfig(max_steps=args.max_steps, use_language_model=False)
+    if args.settings:
+        chosen = [name.strip() for name in args.settings.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in settings]
+        if unknown or not chosen:
+            parser.error(f"--settings: unknown {unknown}; choose from {list(settings)}")
+        settings = {name: settings[name] for name in chosen}
     tables, details = {}, []
     for name, config in settings.items():
         def show(row, name=name):
