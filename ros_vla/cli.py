@@ -70,7 +70,8 @@ def _launch(args, rest) -> int:
 def _demo(args) -> int:
     from ros_vla.nodes.demo import run_demo
 
-    return run_demo(instruction=args.instruction, seed=args.seed, output_root=args.output, as_json=args.json)
+    return run_demo(instruction=args.instruction, seed=args.seed, output_root=args.output, as_json=args.json,
+                    planner=args.planner)
 
 
 def _bench(args) -> int:
@@ -137,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--json", action="store_true", help="print the final status as JSON")
 
     demo = sub.add_parser("demo", help="simulated robot end to end, with a report folder")
-    demo.add_argument("--instruction", default="put the red block in the green bowl")
+    demo.add_argument("--instruction",
+                      default="put the red block in the green bowl and the blue block in the purple bowl")
+    demo.add_argument("--planner", choices=["saycan", "rules"], default="saycan",
+                      help="who plans: SayCan (LM x affordance) or the rule-based reader")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output", default="outputs", help="reports go to OUTPUT/demo-<time>/")
     demo.add_argument("--json", action="store_true")

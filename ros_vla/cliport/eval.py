@@ -104,7 +104,7 @@ def grounding_check(agent: CLIPortAgent, base_scene: SceneConfig, episodes: int,
         finally:
             world.close()
         on_table = {o.color for o in scene.objects}
-        missing = next(c for c in task.colors if c not in on_table)
+        missing = next(c for c in base_scene.colors if c not in on_table)
         bowl = goal.container.split("_")[0]
         present.append(agent.predict(colour, height, goal.instruction).confidence)
         absent.append(agent.predict(colour, height, f"put the {missing} block in the {bowl} bowl").confidence)

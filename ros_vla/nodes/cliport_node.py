@@ -100,7 +100,7 @@ class CLIPortNode(Node):
         self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
         self.agent = None
         self.load_error = ""
-        self.work = QueueWorker(self, self.handle, "cliport")
+        self.work = QueueWorker(self, self.serve, "cliport")
         self.work.put(("load", None))
 
     def camera_pose_in_link0(self, path: str) -> np.ndarray:
@@ -141,7 +141,7 @@ class CLIPortNode(Node):
             self.diag.publish("warn", f"ignoring malformed arm result: {err}")
 
     # ----------------------------------------------------------------- worker
-    def handle(self, item):
+    def serve(self, item):
         kind, payload = item
         if kind == "load":
             self.load()
