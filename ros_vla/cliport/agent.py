@@ -177,7 +177,7 @@ def heatmap_picture(colour: np.ndarray, prediction: Prediction, factor: int) -> 
     size = (colour.shape[1], colour.shape[0])
     for heatmap, tint in ((prediction.pick_heatmap, (255, 40, 40)), (prediction.place_heatmap, (40, 255, 40))):
         scaled = cv2.resize(heatmap / max(float(heatmap.max()), 1e-12), size, interpolation=cv2.INTER_LINEAR)
-        alpha = 0.75 * np.clip(scaled, 0, 1)[..., None]
+        alpha = 0.8 * np.sqrt(np.clip(scaled, 0, 1))[..., None]  # square root: the tails show too
         base = base * (1 - alpha) + np.array(tint, np.float32) * alpha
     picture = np.clip(base, 0, 255).astype(np.uint8)
     for pixel, tint in ((prediction.pick_pixel, (255, 0, 0)), (prediction.place_pixel, (0, 255, 0))):
