@@ -201,9 +201,11 @@ def cross_correlate(keys: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 def cross_correlate_direct(keys: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """The same correlation as a grouped conv2d, over the valid window positions only; what
     the ONNX export uses (ONNX has no real FFT that exporters emit)."""
-    b, r, d, kh, kw = kernels.shape
-    out = F.conv2d(keys.reshape(1, b * d, *keys.shape[-2:]), kernels.reshape(b * r, d, kh, kw), groups=b)
-    return out.reshape(b, r, *out.shape[-2:])
+    # Plain ints: the ONNX exporter needs the kernel's shape as constants, not traced values.
+    b, r, d, kh, kw = (int(v) for v in kernels.shape)
+    height, width = (int(v) for v in keys.shape[-2:])
+    out = F.conv2d(keys.reshape(1, b * d, height, width), kernels.reshape(b * r, d, kh, kw), groups=b)
+    return out.reshape(b, r, height - kh + 1, width - kw + 1)
 
 
 class CLIPort(nn.Module):
