@@ -14,7 +14,7 @@ Topics (relative names; the launch files put them in the root namespace):
 | skill/affordance_query    | String (JSON)      | {id, texts:[skill text, ...]}                        |
 | skill/affordance          | String (JSON)      | {id, source, values:[p(success) per text, 0..1]}     |
 | attribute/query           | String (JSON)      | {id, question} e.g. "is the block red?"              |
-| attribute/answer          | String (JSON)      | {id, answer: yes/no/cannot_see, confidence, views:[...], message, view_weights} |
+| attribute/answer          | String (JSON)      | {id, answer, confidence, views, message, view_weights} |
 | cliport/heatmaps          | Image (rgb8)       | CLIPort's pick/place heatmaps over its heightmap     |
 | arm/pick_place            | String (JSON)      | {id, frame, pick:{xyz,yaw}, place:{xyz,yaw}}         |
 | arm/pose_goal             | PoseStamped        | TCP pose target, frame fr3_link0                     |

@@ -17,49 +17,20 @@ from ros_vla.robot.motion import (
     MotionConfig,
     Step,
     pick_place_steps,
-    plan_cartesian_line,
-    plan_joint_move,
-    plan_pose_goal,
 )
 from ros_vla.sim.goals import object_entry, object_in_container
-from ros_vla.sim.oracle import pick_place_targets, world_truth
+from ros_vla.sim.oracle import pick_place_targets, run_steps, world_truth
 from ros_vla.sim.world import SimWorld
 
 # Where "put down" releases the held object, in fr3_link0: straight ahead of the arm on
 # the surface the base faces (the work table at "table", the drop-off table at "user").
 PUT_DOWN_XY_M = (0.5, 0.0)
 PICK_STEPS = 5  # open, approach, descend, grasp, lift: the first steps of pick_place_steps
-GRIPPER_SETTLE_S = 0.6
 NAVIGATION_GAIN = 1.5
 NAVIGATION_MAX_LINEAR = 0.5
 NAVIGATION_MAX_ANGULAR = 1.0
 NAVIGATION_TOLERANCE = (0.02, 0.03)  # metres, radians: as base_motion's goto
 NAVIGATION_TIMEOUT_S = 30.0
-
-
-def run_steps(world: SimWorld, steps: list[Step], cfg: MotionConfig) -> tuple[bool, str]:
-    """Plan and run motion steps one after another; stops at the first one that fails."""
-    ready = np.asarray(world.scene.ready_pose)
-    for step in steps:
-        q, _ = world.arm_joint_state()
-        if step.kind == "gripper":
-            world.set_gripper_width(step.width_m)
-            world.step(int(GRIPPER_SETTLE_S / world.time_step_s))
-            continue
-        if step.kind == "line":
-            plan = plan_cartesian_line(q, step.pose, cfg)
-        elif step.kind == "joint":
-            plan = plan_pose_goal(q, step.pose, cfg)
-        else:
-            plan = plan_joint_move(q, ready, cfg)
-        if not plan.ok:
-            return False, f"{step.name}: {plan.message}"
-        world.set_arm_trajectory(plan.points)
-        world.step(int((plan.points[-1][1] + 0.5) / world.time_step_s))
-        reached, _ = world.arm_joint_state()
-        if np.abs(reached - plan.points[-1][0]).max() > 0.01:
-            return False, f"{step.name}: the arm did not reach its goal"
-    return True, "done"
 
 
 def _settle(world: SimWorld, seconds: float = 0.5):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ros_vla.robot.motion import (
     MotionConfig,
+    Step,
     pick_place_steps,
     plan_cartesian_line,
     plan_joint_move,
@@ -60,12 +61,23 @@ def run_pick_place(world: SimWorld, pick_xyz, pick_yaw: float, place_xyz, place_
                    settle_s: float = 0.5) -> tuple[bool, str]:
     """The pick/place primitive to targets in fr3_link0, run in the world (no ROS) as the
     arm_motion node runs it: (False, why) when a motion is refused or not reached."""
+    moved, message = run_steps(world, pick_place_steps(pick_xyz, pick_yaw, place_xyz, place_yaw, cfg), cfg)
+    if not moved:
+        return False, message
+    world.step(int(settle_s / world.time_step_s))
+    return True, "pick and place done"
+
+
+def run_steps(world: SimWorld, steps: list[Step], cfg: MotionConfig, gripper_settle_s: float = 0.6
+              ) -> tuple[bool, str]:
+    """Plan and run motion steps one after another, each from the joint state the last one
+    reached; stops at the first that is refused or not reached."""
     ready = np.asarray(world.scene.ready_pose)
-    for step in pick_place_steps(pick_xyz, pick_yaw, place_xyz, place_yaw, cfg):
+    for step in steps:
         q, _ = world.arm_joint_state()
         if step.kind == "gripper":
             world.set_gripper_width(step.width_m)
-            world.step(int(0.6 / world.time_step_s))
+            world.step(int(gripper_settle_s / world.time_step_s))
             continue
         if step.kind == "line":
             plan = plan_cartesian_line(q, step.pose, cfg)
@@ -80,8 +92,7 @@ def run_pick_place(world: SimWorld, pick_xyz, pick_yaw: float, place_xyz, place_
         reached, _ = world.arm_joint_state()
         if np.abs(reached - plan.points[-1][0]).max() > 0.01:
             return False, f"{step.name}: the arm did not reach its goal"
-    world.step(int(settle_s / world.time_step_s))
-    return True, "pick and place done"
+    return True, "done"
 
 
 def evaluate(scene: SceneConfig, episodes: int, first_seed: int = 1000, progress=None) -> dict:
