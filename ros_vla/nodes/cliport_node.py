@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from functools import partial
 
 import numpy as np
@@ -46,6 +45,7 @@ from ros_vla.nodes.common import (
     declare,
     publish_json,
     run_node,
+    run_pick_place_goal,
 )
 from ros_vla.paths import config_file, model_dir, package_share
 from ros_vla.perception.calibration import read_calibration
@@ -205,18 +205,11 @@ class CLIPortNode(Node):
         if prediction.confidence < self.p["min_confidence"]:
             return False, (f"cliport refused: nothing in view fits '{text[:80]}' (confidence "
                            f"{prediction.confidence:.2f} < {self.p['min_confidence']:.2f})")
-        goal_id = uuid.uuid4().hex[:8]
-        self.arm_results.clear()
-        publish_json(self.pick_place_pub, {
-            "id": goal_id, "frame": "fr3_link0",
-            "pick": {"xyz": prediction.pick_xyz.tolist(), "yaw": prediction.pick_yaw},
-            "place": {"xyz": prediction.place_xyz.tolist(), "yaw": prediction.place_yaw},
-        })
-        result = self.arm_results.wait(lambda reply: reply["id"] == goal_id, self.p["arm_timeout_s"])
-        if result is None:
-            return False, f"arm did not answer within {self.p['arm_timeout_s']:.0f} s"
-        if not result["success"]:
-            return False, f"arm: {result['message']}"
+        moved, message = run_pick_place_goal(self.pick_place_pub, self.arm_results, prediction.pick_xyz,
+                                             prediction.pick_yaw, prediction.place_xyz, prediction.place_yaw,
+                                             self.p["arm_timeout_s"])
+        if not moved:
+            return False, message
         return True, (f"picked at {np.round(prediction.pick_xyz, 3).tolist()} and placed at "
                       f"{np.round(prediction.place_xyz, 3).tolist()} (confidence {prediction.confidence:.2f})")
 

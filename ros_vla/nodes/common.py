@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 
 import rclpy
@@ -176,6 +177,25 @@ class Replies:
             if matches(reply):
                 return reply
         return None
+
+
+def run_pick_place_goal(publisher, arm_results: Replies, pick_xyz, pick_yaw: float, place_xyz, place_yaw: float,
+                        timeout_s: float) -> tuple[bool, str]:
+    """Send one arm/pick_place goal (fr3_link0) and wait for its arm/result: the skill
+    nodes' side of the arm_motion protocol. (False, why) on refusal, failure or silence."""
+    goal_id = uuid.uuid4().hex[:8]
+    arm_results.clear()
+    publish_json(publisher, {
+        "id": goal_id, "frame": "fr3_link0",
+        "pick": {"xyz": [float(v) for v in pick_xyz], "yaw": float(pick_yaw)},
+        "place": {"xyz": [float(v) for v in place_xyz], "yaw": float(place_yaw)},
+    })
+    result = arm_results.wait(lambda reply: reply["id"] == goal_id, timeout_s)
+    if result is None:
+        return False, f"arm did not answer within {timeout_s:.0f} s"
+    if not result["success"]:
+        return False, f"arm: {result['message']}"
+    return True, result["message"]
 
 
 class Latest:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -28,6 +27,7 @@ from ros_vla.nodes.common import (
     declare,
     publish_json,
     run_node,
+    run_pick_place_goal,
 )
 from ros_vla.paths import config_file
 from ros_vla.sim.goals import object_in_container
@@ -93,18 +93,10 @@ class OracleSkillNode(Node):
         if pick not in names or place not in names:
             return False, f"oracle: unknown object(s) {pick!r}, {place!r}; scene has {sorted(names)}"
         pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(truth, pick, place, self.scene)
-        goal_id = uuid.uuid4().hex[:8]
-        self.arm_results.clear()
-        publish_json(self.pick_place_pub, {
-            "id": goal_id, "frame": "fr3_link0",
-            "pick": {"xyz": pick_xyz.tolist(), "yaw": pick_yaw},
-            "place": {"xyz": place_xyz.tolist(), "yaw": place_yaw},
-        })
-        result = self.arm_results.wait(lambda reply: reply["id"] == goal_id, self.arm_timeout_s)
-        if result is None:
-            return False, f"arm did not answer within {self.arm_timeout_s:.0f} s"
-        if not result["success"]:
-            return False, f"arm: {result['message']}"
+        moved, message = run_pick_place_goal(self.pick_place_pub, self.arm_results, pick_xyz, pick_yaw, place_xyz,
+                                             place_yaw, self.arm_timeout_s)
+        if not moved:
+            return False, message
         time.sleep(self.settle_s)
         truth = self.fresh_truth()
         if truth is None:
