@@ -198,6 +198,36 @@ def run_pick_place_goal(publisher, arm_results: Replies, pick_xyz, pick_yaw: flo
     return True, result["message"]
 
 
+def run_skill_request(publisher, skill_results: Replies, skill: str, text: str, args: dict,
+                      timeout_s: float) -> tuple[bool, str]:
+    """Send one skill/request and wait for its skill/result: the planners' side of the
+    skill protocol."""
+    skill_id = uuid.uuid4().hex[:8]
+    skill_results.clear()
+    publish_json(publisher, {"id": skill_id, "skill": skill, "text": text, "args": args})
+    result = skill_results.wait(lambda reply: reply["id"] == skill_id, timeout_s)
+    if result is None:
+        return False, f"no skill result within {timeout_s:.0f} s (is a skill executor running?)"
+    return result["success"], result["message"]
+
+
+def drive_to_station(goto_publisher, base_status: Replies, station: str, timeout_s: float) -> tuple[bool, str]:
+    """base/goto a station and wait until base/status says it arrived there or gave up."""
+    base_status.clear()
+    goto_publisher.publish(String(data=station))
+
+    def settled(status: dict) -> bool:
+        arrived = status.get("state") == "arrived" and status.get("station_reached") == station
+        return arrived or status.get("state") in ("failed", "refused", "stopped")
+
+    status = base_status.wait(settled, timeout_s)
+    if status is None:
+        return False, f"base did not arrive within {timeout_s:.0f} s"
+    if status["state"] == "arrived":
+        return True, f"arrived at the {station}"
+    return False, status.get("message", "base refused")
+
+
 class Latest:
     """Thread-safe latest-value buffer: callbacks store, timers and workers read."""
 

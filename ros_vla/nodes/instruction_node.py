@@ -24,8 +24,10 @@ from ros_vla.nodes.common import (
     QueueWorker,
     Replies,
     declare,
+    drive_to_station,
     publish_json,
     run_node,
+    run_skill_request,
 )
 from ros_vla.paths import config_file
 from ros_vla.sim.scene import load_scene
@@ -105,28 +107,11 @@ class InstructionNode(Node):
     def run_skill(self, call: SkillCall) -> tuple[bool, str]:
         if call.skill == "navigate":
             return self.navigate(call.args["station"])
-        skill_id = uuid.uuid4().hex[:8]
-        self.skill_results.clear()
-        publish_json(self.skill_pub, {"id": skill_id, "skill": call.skill, "text": call.text, "args": call.args})
-        result = self.skill_results.wait(lambda reply: reply["id"] == skill_id, self.skill_timeout_s)
-        if result is None:
-            return False, f"no skill result within {self.skill_timeout_s:.0f} s (is a skill executor running?)"
-        return result["success"], result["message"]
+        return run_skill_request(self.skill_pub, self.skill_results, call.skill, call.text, call.args,
+                                 self.skill_timeout_s)
 
     def navigate(self, station: str) -> tuple[bool, str]:
-        self.base_status.clear()
-        self.goto_pub.publish(String(data=station))
-
-        def settled(status: dict) -> bool:
-            arrived = status.get("state") == "arrived" and status.get("station_reached") == station
-            return arrived or status.get("state") in ("failed", "refused", "stopped")
-
-        status = self.base_status.wait(settled, self.navigation_timeout_s)
-        if status is None:
-            return False, f"base did not arrive within {self.navigation_timeout_s:.0f} s"
-        if status["state"] == "arrived":
-            return True, f"arrived at the {station}"
-        return False, status.get("message", "base refused")
+        return drive_to_station(self.goto_pub, self.base_status, station, self.navigation_timeout_s)
 
     def close(self):
         self.tasks.close()

@@ -41,8 +41,10 @@ from ros_vla.nodes.common import (
     QueueWorker,
     Replies,
     declare,
+    drive_to_station,
     publish_json,
     run_node,
+    run_skill_request,
 )
 from ros_vla.paths import config_file, package_share
 from ros_vla.perception.ros_messages import image_array
@@ -240,29 +242,11 @@ class SayCanPlannerNode(Node):
             return self.navigate(skill.args["station"])
         if skill.executor not in SKILL_REQUEST_EXECUTORS:
             return False, f"no executor for '{skill.executor}' skills"
-        skill_id = uuid.uuid4().hex[:8]
-        self.skill_results.clear()
-        publish_json(self.skill_pub, {"id": skill_id, "skill": skill.executor, "text": skill.text,
-                                      "args": skill.args})
-        result = self.skill_results.wait(lambda reply: reply["id"] == skill_id, self.skill_timeout_s)
-        if result is None:
-            return False, f"no skill result within {self.skill_timeout_s:.0f} s (is a skill executor running?)"
-        return result["success"], result["message"]
+        return run_skill_request(self.skill_pub, self.skill_results, skill.executor, skill.text, skill.args,
+                                 self.skill_timeout_s)
 
     def navigate(self, station: str) -> tuple[bool, str]:
-        self.base_status.clear()
-        self.goto_pub.publish(String(data=station))
-
-        def settled(status: dict) -> bool:
-            arrived = status.get("state") == "arrived" and status.get("station_reached") == station
-            return arrived or status.get("state") in ("failed", "refused", "stopped")
-
-        status = self.base_status.wait(settled, self.navigation_timeout_s)
-        if status is None:
-            return False, f"base did not arrive within {self.navigation_timeout_s:.0f} s"
-        if status["state"] == "arrived":
-            return True, f"arrived at the {station}"
-        return False, status.get("message", "base refused")
+        return drive_to_station(self.goto_pub, self.base_status, station, self.navigation_timeout_s)
 
     def close(self):
         self.tasks.close()
