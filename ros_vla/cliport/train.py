@@ -100,7 +100,7 @@ def train(cfg: CLIPortConfig, data_dir: str, tasks: list[str], demos: int, itera
                 torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "config": cfg.to_dict(),
                             "rng": rng.bit_generator.state, "iteration": iteration + 1, "history": history},
                            checkpoint)
-    save_weights(model, cfg, out, {"tasks": tasks, "demos_per_task": demos, "training_steps": len(steps),
+    save_weights(model, cfg, out, {"tasks": tasks, "demos_per_task": demos, "demonstration_steps": len(steps),
                                    "iterations": iterations, "batch_size": batch_size, "learning_rate": learning_rate,
                                    "seed": seed, "wall_time_s_this_run": round(time.perf_counter() - started, 1),
                                    "final_losses_mean_of_last_50": {

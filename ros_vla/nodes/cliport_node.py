@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from ros_vla import protocol
+from ros_vla.cliport.config import WORKSPACE
 from ros_vla.language import KIND_SYNONYMS
 from ros_vla.nodes.common import (
     COMMAND_QOS,
@@ -184,8 +185,6 @@ class CLIPortNode(Node):
             time.sleep(0.05)
         if not views:
             return None
-        from ros_vla.cliport.config import WORKSPACE
-
         return fuse_heightmap(views, WORKSPACE)
 
     def run_skill(self, request: dict, requested_at: float) -> tuple[bool, str]:
