@@ -7,7 +7,7 @@ import pytest
 
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS
-from ros_vla.rt1.data import ACTION_NAMES, record_demonstrations
+from ros_vla.rt1.demos import ACTION_NAMES, record_demonstrations
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.scene import load_scene
 
@@ -26,7 +26,7 @@ def test_demonstrations_have_the_documented_format_and_succeed(tmp_path, task):
         episode = np.load(tmp_path / entry["file"])
         steps = int(episode["steps"])
         assert entry["success"] and bool(episode["success"]), entry["detail"]
-        assert episode["images"].shape == (steps, 128, 128, 3) and episode["images"].dtype == np.uint8
+        assert episode["images"].shape == (steps, 96, 96, 3) and episode["images"].dtype == np.uint8
         assert episode["actions"].shape == (steps, 11) and episode["actions"].dtype == np.float32
         assert episode["tokens"].shape == (steps, 11) and episode["tokens"].dtype == np.uint8
         assert tuple(episode["action_names"]) == ACTION_NAMES

@@ -26,7 +26,7 @@ Files written to the output folder:
 
 - `{task}_{seed:06d}.npz` (np.savez_compressed), one per episode, T = control steps:
     images       uint8   [T, S, S, 3]  head camera rgb8, resized from 640x480 to SxS
-                                       (S = RT1Config.small().image_size = 128)
+                                       (S = RT1Config.small().image_size = 96)
     actions      float32 [T, 11]       in the order of action_names; mode is 0 arm, 2 terminate
     tokens       uint8   [T, 11]       ActionTokenizer(ROBOT_ACTION_DIMENSIONS, 256).tokenize(actions)
     action_names str     [11]
@@ -49,10 +49,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ros_vla.robot import panda
 from ros_vla.robot.kinematics import forward_kinematics, xyz_rpy_from_pose
 from ros_vla.robot.motion import MotionConfig, apply_ee_delta, plan_joint_move
-from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
+from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, START_JOINT_POSITIONS, RT1Config
 from ros_vla.rt1.control import command_from_action
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.goals import object_entry, pose_in_frame
@@ -95,7 +94,7 @@ class DemoConfig:
     push_height_m: float = 0.02  # TCP above the table while pushing (fingertips ~1 cm)
     push_stop_gap_m: float = 0.012  # stop when the block is this close to touching the rim
     push_success_gap_m: float = 0.02
-    # Control steps before the episode is cut off (terminated and marked failed).
+    # Control steps before the episode is cut off (terminated, then judged as it stands).
     pick_max_steps: int = 60
     push_max_steps: int = 90
 
@@ -135,7 +134,6 @@ class _Oracle:
     def __init__(self, world: SimWorld, cfg: DemoConfig):
         self.world, self.cfg = world, cfg
         self.table_z = world.scene.work_table.top_z - world.link_pose("fr3_link0")[2, 3]
-        self.done = False
         self.gripper_m = GRIPPER_OPEN_M
 
     def object_pose(self, name: str) -> tuple[np.ndarray, float]:
@@ -158,7 +156,6 @@ class _Oracle:
         return arm_action(step, float(np.clip(yaw_error, -MAX_ARM_TURN_RAD, MAX_ARM_TURN_RAD)), self.gripper_m), there
 
     def finish(self) -> np.ndarray:
-        self.done = True
         return terminate_action(self.gripper_m)
 
 
@@ -212,11 +209,7 @@ class PickOracle(_Oracle):
         return action
 
     def success(self) -> tuple[bool, str]:
-        block = object_entry(world_truth(self.world), self.block)
-        height = block["position"][2] - self.world.scene.work_table.top_z
-        ok = bool(block["held"] and height >= 0.05)
-        held = "held" if block["held"] else "not held"
-        return ok, f"{self.block} {held}, centre {height * 100:.1f} cm above the table"
+        return pick_success(world_truth(self.world), self.world.scene, self.block)
 
 
 class PushOracle(_Oracle):
@@ -229,7 +222,6 @@ class PushOracle(_Oracle):
         self.block, self.bowl = block, bowl
         spawn = world.scene.spawn
         self.stop_distance = spawn.bowl_radius + spawn.block_size / 2 + cfg.push_stop_gap_m
-        self.success_distance = spawn.bowl_radius + spawn.block_size / 2 + cfg.push_success_gap_m
         self.phase = "above"
         self.gripper_m = 0.0
         self.retreat_target: np.ndarray | None = None
@@ -278,13 +270,7 @@ class PushOracle(_Oracle):
         return action
 
     def success(self) -> tuple[bool, str]:
-        truth = world_truth(self.world)
-        block, bowl = object_entry(truth, self.block), object_entry(truth, self.bowl)
-        distance = float(np.linalg.norm(np.subtract(block["position"][:2], bowl["position"][:2])))
-        on_table = block["position"][2] - self.world.scene.work_table.top_z < self.world.scene.spawn.block_size
-        ok = bool(distance <= self.success_distance and on_table and not block["held"])
-        return ok, (f"{self.block} centre {distance * 100:.1f} cm from {self.bowl}'s "
-                    f"(success within {self.success_distance * 100:.1f} cm){'' if on_table else ', off the table'}")
+        return push_success(world_truth(self.world), self.world.scene, self.block, self.bowl, self.cfg)
 
 
 @dataclass
@@ -304,18 +290,65 @@ class Episode:
         return f"{self.task}_{self.seed:06d}.npz"
 
 
-def make_oracle(world: SimWorld, task: str, seed: int, cfg: DemoConfig):
-    """The task's ORACLE and instruction, with the block (and bowl) drawn from the seed."""
+def pick_success(truth: dict, scene: SceneConfig, block: str) -> tuple[bool, str]:
+    """Judged on ground truth (/sim/ground_truth/objects format): the block held, its centre
+    >= 5 cm above the table."""
+    entry = object_entry(truth, block)
+    height = entry["position"][2] - scene.work_table.top_z
+    held = "held" if entry["held"] else "not held"
+    return bool(entry["held"] and height >= 0.05), f"{block} {held}, centre {height * 100:.1f} cm above the table"
+
+
+def push_success(truth: dict, scene: SceneConfig, block: str, bowl: str, cfg: DemoConfig) -> tuple[bool, str]:
+    """Judged on ground truth: the block on the table, not held, at the bowl's rim (centres
+    at most bowl radius + half a block + push_success_gap_m apart)."""
+    spawn = scene.spawn
+    success_distance = spawn.bowl_radius + spawn.block_size / 2 + cfg.push_success_gap_m
+    block_entry, bowl_entry = object_entry(truth, block), object_entry(truth, bowl)
+    distance = float(np.linalg.norm(np.subtract(block_entry["position"][:2], bowl_entry["position"][:2])))
+    on_table = block_entry["position"][2] - scene.work_table.top_z < spawn.block_size
+    ok = bool(distance <= success_distance and on_table and not block_entry["held"])
+    return ok, (f"{block} centre {distance * 100:.1f} cm from {bowl}'s (success within "
+                f"{success_distance * 100:.1f} cm){'' if on_table else ', off the table'}")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What an episode asks for: the block (and for push the bowl) and the instruction."""
+
+    task: str
+    block: str
+    bowl: str
+    instruction: str
+
+    def judge(self, truth: dict, scene: SceneConfig, cfg: DemoConfig = DemoConfig()) -> tuple[bool, str]:
+        if self.task == "pick":
+            return pick_success(truth, scene, self.block)
+        return push_success(truth, scene, self.block, self.bowl, cfg)
+
+
+def draw_goal(task: str, seed: int, objects) -> Goal:
+    """The episode's block (and bowl), drawn from the seed out of `objects` (ObjectSpecs)."""
     rng = np.random.default_rng(seed)
-    blocks = [o for o in world.scene.objects if o.kind == "block"]
-    bowls = [o for o in world.scene.objects if o.kind == "bowl"]
+    blocks = [o for o in objects if o.kind == "block"]
+    bowls = [o for o in objects if o.kind == "bowl"]
     block = blocks[rng.integers(len(blocks))]
     if task == "pick":
-        return PickOracle(world, cfg, block.name), f"pick up the {block.color} block"
+        return Goal(task, block.name, "", f"pick up the {block.color} block")
     if task == "push":
         bowl = bowls[rng.integers(len(bowls))]
-        return PushOracle(world, cfg, block.name, bowl.name), f"push the {block.color} block to the {bowl.color} bowl"
+        return Goal(task, block.name, bowl.name, f"push the {block.color} block to the {bowl.color} bowl")
     raise ValueError(f"unknown task '{task}': {' or '.join(TASKS)}")
+
+
+def make_oracle(world: SimWorld, task: str, seed: int, cfg: DemoConfig, objects=None):
+    """The task's ORACLE and instruction (draw_goal from `objects`, default all the scene's;
+    an evaluation with added distractors passes the original ones, so that the
+    instructions stay those of training)."""
+    goal = draw_goal(task, seed, world.scene.objects if objects is None else objects)
+    if task == "pick":
+        return PickOracle(world, cfg, goal.block), goal.instruction
+    return PushOracle(world, cfg, goal.block, goal.bowl), goal.instruction
 
 
 def execute_action(world: SimWorld, action: np.ndarray, period_s: float, motion: MotionConfig) -> str:
@@ -336,12 +369,11 @@ def execute_action(world: SimWorld, action: np.ndarray, period_s: float, motion:
 
 
 def move_to_start(world: SimWorld, motion: MotionConfig) -> None:
-    """Unrecorded: from the scene's tucked ready pose to the Panda's usual ready pose
-    (TCP top-down above the arm base). From the tucked pose and its IK neighbours the
-    stack refuses many small TCP deltas as sudden reconfigurations; episodes start here
-    instead, as RT-1's start from a fixed pose."""
+    """Unrecorded: from the scene's tucked ready pose to START_JOINT_POSITIONS. From the
+    tucked pose and its IK neighbours the stack refuses many small TCP deltas as sudden
+    reconfigurations; from the start pose a straight path reaches the whole table."""
     q_now, _ = world.arm_joint_state()
-    plan = plan_joint_move(q_now, np.asarray(panda.READY_POSE, float), motion)
+    plan = plan_joint_move(q_now, np.asarray(START_JOINT_POSITIONS, float), motion)
     if not plan.ok:
         raise RuntimeError(f"cannot reach the start pose: {plan.message}")
     world.set_arm_trajectory(plan.points)
@@ -349,7 +381,13 @@ def move_to_start(world: SimWorld, motion: MotionConfig) -> None:
 
 
 def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera",
-                image_size: int = RT1Config.small().image_size, cfg: DemoConfig = DemoConfig()) -> Episode:
+                image_size: int = RT1Config.small().image_size, cfg: DemoConfig = DemoConfig(),
+                controller=None, objects=None) -> Episode:
+    """One closed-loop episode at the control rate: render the camera (resized to
+    image_size), ask for an action, execute it, until the action's mode is terminate or the
+    step budget is spent; then judge. `controller(image) -> action [11]` chooses the actions
+    (a trained policy); without one, the task's ORACLE does (a demonstration). Either way the
+    oracle draws the instruction (from `objects`, see make_oracle) and judges the outcome."""
     started = time.perf_counter()
     tokenizer = ActionTokenizer(ROBOT_ACTION_DIMENSIONS, RT1Config.small().action_bins)
     motion = MotionConfig()
@@ -357,16 +395,19 @@ def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera"
     try:
         world.step(60)  # let the objects settle on the table
         move_to_start(world, motion)
-        oracle, instruction = make_oracle(world, task, seed, cfg)
+        oracle, instruction = make_oracle(world, task, seed, cfg, objects)
         cam = scene.camera(camera)
+        terminate = MODES.index("terminate")
         images, actions, refusals = [], [], 0
-        while not oracle.done:
+        while not actions or actions[-1][0] != terminate:
             rgb, _ = world.render(cam)
             images.append(np.asarray(Image.fromarray(rgb).resize((image_size, image_size), Image.BILINEAR)))
             if len(actions) == cfg.step_budget(task) - 1:
-                action = oracle.finish()  # out of time: stop, and the episode is marked failed
-            else:
+                action = terminate_action(oracle.gripper_m)  # out of time: stop; the judge decides
+            elif controller is None:
                 action = oracle.act()
+            else:
+                action = np.asarray(controller(images[-1], instruction), np.float32)
             actions.append(action)
             refusals += bool(execute_action(world, action, cfg.period_s, motion))
         world.step(round(0.5 / world.time_step_s))  # settle before judging
