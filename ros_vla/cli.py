@@ -10,6 +10,8 @@
   ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
   ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
   ros-vla demos rt1 --task pick|push -n N --out DIR   scripted (oracle) RT-1 demonstrations in sim
+  ros-vla train rt1 --data DIR[,DIR] --out DIR   train RT-1 (small config on CPU; resumable)
+  ros-vla eval rt1 [--model DIR] [--task T] [--distractors K] [--json]   RT-1 closed loop in sim
   ros-vla demos cliport TASK -n N [--out DIR]        oracle pick-and-place demonstrations (heightmaps)
   ros-vla train cliport --tasks T --demos N --out DIR   train CLIPort (resumable)
   ros-vla eval cliport --task T --episodes N [--model DIR] [--json]   closed loop in sim
@@ -111,6 +113,8 @@ METHOD_COMMANDS = {
     ("train", "miavlm"): "ros_vla.miavlm.train:main",
     ("eval", "miavlm"): "ros_vla.miavlm.eval:main",
     ("bench", "miavlm"): "ros_vla.miavlm.bench:main",
+    ("train", "rt1"): "ros_vla.rt1.train:main",
+    ("eval", "rt1"): "ros_vla.rt1.eval:main",
     ("eval", "saycan"): "ros_vla.saycan.eval:main",
     ("bench", "saycan"): "ros_vla.saycan.bench:main",
     ("train", "saycan-lm"): "ros_vla.saycan.train_lm:main",
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return calibrate_main(argv[1:])
     if argv and argv[0] == "demos" and argv[1:2] not in (["cliport"], ["miavlm"], ["saycan-value"]):
-        from ros_vla.rt1.data import demos_main
+        from ros_vla.rt1.demos import demos_main
 
         return demos_main(argv[1:])
     if len(argv) >= 2 and (argv[0], argv[1]) in METHOD_COMMANDS:

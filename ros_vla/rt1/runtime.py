@@ -33,6 +33,9 @@ from ros_vla.rt1.tokenizer import ActionTokenizer
 
 FRAME_ENCODER_ONNX = "rt1_frame_encoder.onnx"
 ACTION_DECODER_ONNX = "rt1_action_decoder.onnx"
+# The torch backend's weights in a model folder: an RT1 state_dict saved with torch.save.
+TORCH_WEIGHTS = "rt1.pt"
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 class RT1Backend(Protocol):
@@ -338,3 +341,31 @@ class RT1Policy:
             raise ValueError(f"instruction embedding must be {self.config.instruction_embedding_dim} finite "
                              f"numbers, got shape {embedding.shape}")
         return embedding
+
+
+def open_backend(name: str, config: RT1Config, model_dir: str | Path):
+    """The network in `model_dir` on one of BACKENDS: the two ONNX graphs export_onnx
+    writes, the TensorRT engines built from them (same names, .engine), or for torch an
+    RT1 state_dict in TORCH_WEIGHTS."""
+    model_dir = Path(model_dir)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown RT-1 backend '{name}': one of {', '.join(BACKENDS)}")
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(OnnxModel.in_directory(model_dir))
+    if name == "tensorrt":
+        graphs = (FRAME_ENCODER_ONNX, ACTION_DECODER_ONNX)
+        engines = [model_dir / Path(graph).with_suffix(".engine") for graph in graphs]
+        for engine in engines:
+            if not engine.is_file():
+                raise FileNotFoundError(f"no TensorRT engine at {engine} (ros_vla.rt1.build_tensorrt_engine builds it)")
+        return TensorRTBackend(*engines)
+    import torch
+
+    from ros_vla.rt1.model import build_rt1
+
+    weights = model_dir / TORCH_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"no torch weights at {weights} (torch.save(model.state_dict()) writes them)")
+    model = build_rt1(config)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return TorchBackend(model.to("cuda" if torch.cuda.is_available() else "cpu"))

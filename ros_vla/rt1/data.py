@@ -1,0 +1,110 @@
+"""RT-1 training data: recorded episodes (ros_vla.rt1.demos) cut into 6-frame windows.
+
+A training sample is one control step t of an episode: the window of frames t-5..t (the
+episode's first frame fills the slots before it, exactly as RT1Policy does at the start of
+an episode), the instruction, and the 11 action tokens recorded at t.
+
+Consecutive windows share 5 of their 6 frames, and the frame encoder sees one frame at a
+time, so training draws *chunks*: `chunk_steps` consecutive steps of one episode, whose
+frames are encoded once and then gathered into that many windows (`Chunk.windows`). A chunk
+of 8 steps encodes at most 13 frames for 8 samples where separate windows would encode 48.
+Every frame of a chunk gets the same random shift and colour jitter, so a window never
+mixes two augmentations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class EpisodeData:
+    """One recorded episode: frames uint8 [T, S, S, 3], tokens uint8 [T, 11]."""
+
+    file: str
+    task: str
+    instruction: str
+    images: np.ndarray
+    tokens: np.ndarray
+    source: str  # the folder it came from (a camera placement, a robot configuration)
+
+    @property
+    def steps(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class Chunk:
+    """Frames [F, S, S, 3] uint8, windows [W, history] indices into frames (oldest first),
+    targets [W, 11] tokens, and the episode's instruction."""
+
+    frames: np.ndarray
+    windows: np.ndarray
+    targets: np.ndarray
+    instruction: str
+
+
+def _resized(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
+
+
+def load_episodes(data_dir: str | Path, tasks: list[str], per_task: int, image_size: int,
+                  successful_only: bool = True) -> list[EpisodeData]:
+    """Up to `per_task` episodes of each of `tasks` from a folder written by `ros-vla demos
+    rt1`, in index order (a folder may hold some of the tasks only), failed ones left out
+    unless `successful_only` is False. Frames recorded at another size are resized to
+    `image_size` (bilinear, as RT1Policy resizes camera frames)."""
+    data_dir = Path(data_dir)
+    index = data_dir / "index.jsonl"
+    if not index.is_file():
+        raise FileNotFoundError(f"no {index}: record demonstrations with `ros-vla demos rt1 --out {data_dir}`")
+    entries = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    episodes = []
+    for task in tasks:
+        chosen = [e for e in entries if e["task"] == task and (e["success"] or not successful_only)][:per_task]
+        for entry in chosen:
+            with np.load(data_dir / entry["file"]) as recorded:
+                episodes.append(EpisodeData(entry["file"], task, str(recorded["instruction"]),
+                                            _resized(recorded["images"], image_size), recorded["tokens"].copy(),
+                                            data_dir.name))
+    return episodes
+
+
+def window_frame_indices(step: int, history: int) -> np.ndarray:
+    """Frame indices of the window that ends at `step`, oldest first; frame 0 fills in for
+    steps before the episode began."""
+    return np.maximum(np.arange(step - history + 1, step + 1), 0)
+
+
+def sample_chunk(episode: EpisodeData, chunk_steps: int, history: int, rng: np.random.Generator,
+                 max_shift_px: int = 0, jitter: float = 0.0) -> Chunk:
+    """`chunk_steps` consecutive steps (fewer at the episode's end) from a random start."""
+    start = int(rng.integers(0, episode.steps))
+    stop = min(episode.steps, start + chunk_steps)
+    first_frame = max(0, start - history + 1)
+    windows = np.stack([window_frame_indices(t, history) for t in range(start, stop)]) - first_frame
+    frames = augment(episode.images[first_frame:stop], rng, max_shift_px, jitter)
+    return Chunk(frames, windows, episode.tokens[start:stop].astype(np.int64), episode.instruction)
+
+
+def augment(frames: np.ndarray, rng: np.random.Generator, max_shift_px: int, jitter: float) -> np.ndarray:
+    """The same random translation (edge pixels repeated) and brightness/contrast change
+    for every frame given."""
+    out = frames
+    if max_shift_px:
+        dy, dx = rng.integers(-max_shift_px, max_shift_px + 1, 2)
+        pad = max_shift_px
+        padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+        h, w = frames.shape[1:3]
+        out = padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    if jitter:
+        gain, offset = 1 + rng.uniform(-jitter, jitter), 255 * rng.uniform(-jitter, jitter) / 2
+        out = np.clip(out.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out)

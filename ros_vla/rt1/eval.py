@@ -1,0 +1,269 @@
+"""Closed-loop evaluation of a trained RT-1 in the headless simulator: `ros-vla eval rt1`.
+
+Every episode runs as a demonstration does (ros_vla.rt1.demos.run_episode: same start pose,
+same 3 Hz control period, actions executed through apply_ee_delta as the stack executes
+them) but the actions come from the policy: the camera frame and the instruction in, the
+greedy action tokens out, detokenized. The task's ORACLE only draws the instruction and
+judges the outcome at the end (pick: the block held >= 5 cm above the table; push: the block
+at the bowl's rim); the policy never sees ground truth. Seeds start at 10000, apart from
+the demonstrations' (0-199 and 1000-1149).
+
+`--distractors K` adds K objects in colours that no training instruction names (blocks
+and bowls in turn), placed by the scene's spawner among the usual ones.
+
+Writes results.json and episodes.png (frames of the first episodes of each task, as the
+policy saw them) to `--out`.
+
+`--ros` runs the episodes through the ROS 2 stack instead: launch/sim.launch.xml with
+rt1:=true (sim_bridge, arm_motion, rt1_policy_node on the camera topic, ...), in real
+time. Per episode: /sim/reset with the seed, a skill/request {"skill": "rt1", "text":
+instruction}, the node's skill/result, then the judge on /sim/ground_truth/objects. This
+is the deployment path: the node's start move, 3 Hz timer, latest-frame buffer, stale-frame
+checks, and arm_motion's execution of each delta. No distractors there (the scene file's
+objects only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ros_vla.rt1.config import RT1Config
+from ros_vla.rt1.demos import TASKS, DemoConfig, run_episode
+from ros_vla.rt1.runtime import BACKENDS, RT1Policy, open_backend
+from ros_vla.sim.scene import ObjectSpec, SceneConfig
+
+EVAL_FIRST_SEED = 10000
+DISTRACTOR_COLORS = ("orange", "cyan", "pink", "white", "brown")
+PICTURE_EPISODES_PER_TASK = 2
+PICTURE_FRAMES = 8
+
+
+def model_config(model_dir: str | Path) -> RT1Config:
+    """The RT1Config a trained model folder was made with (its config.json)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: `ros-vla train rt1 --out {model_dir}` writes it")
+    return RT1Config.named(json.loads(path.read_text())["config"])
+
+
+def with_distractors(scene: SceneConfig, count: int) -> SceneConfig:
+    unused = [c for c in DISTRACTOR_COLORS if c not in {o.color for o in scene.objects}]
+    if count > len(unused):
+        raise ValueError(f"at most {len(unused)} distractors (colours {', '.join(unused)}), asked for {count}")
+    extra = tuple(ObjectSpec("block" if i % 2 == 0 else "bowl", color) for i, color in enumerate(unused[:count]))
+    return dataclasses.replace(scene, objects=scene.objects + extra)
+
+
+class PolicyController:
+    """RT1Policy as run_episode's controller: (image, instruction) -> action, with one
+    instruction embedding per episode and the window restarted for every episode."""
+
+    def __init__(self, policy: RT1Policy, encoder):
+        self.policy, self.encoder = policy, encoder
+        self._embeddings: dict[str, np.ndarray] = {}
+        self.latencies_s: list[float] = []
+
+    def new_episode(self) -> None:
+        self.policy.reset()
+
+    def __call__(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        if instruction not in self._embeddings:
+            self._embeddings[instruction] = self.encoder.embed([instruction])[0]
+        started = time.perf_counter()
+        tokens = self.policy.step(image, self._embeddings[instruction])
+        self.latencies_s.append(time.perf_counter() - started)
+        return self.policy.tokenizer.detokenize(tokens)
+
+
+def evaluate(model_dir: str | Path, scene: SceneConfig, tasks: list[str], episodes: int,
+             first_seed: int = EVAL_FIRST_SEED, distractors: int = 0, camera: str = "camera",
+             backend: str = "onnxruntime", progress: bool = True) -> tuple[dict, list]:
+    """Success per task over `episodes` seeds each; also the episodes themselves."""
+    from tqdm import tqdm
+
+    from ros_vla.rt1.model import MiniLMInstructionEncoder
+
+    config = model_config(model_dir)
+    controller = PolicyController(RT1Policy(open_backend(backend, config, model_dir), config),
+                                  MiniLMInstructionEncoder())
+    trained_objects = scene.objects
+    scene = with_distractors(scene, distractors)
+    results, recorded = {}, []
+    for task in tasks:
+        outcomes = []
+        with tqdm(range(first_seed, first_seed + episodes), desc=f"rt1 eval: {task}", unit="episode",
+                  disable=not progress) as bar:
+            for seed in bar:
+                controller.new_episode()
+                episode = run_episode(scene, task, seed, camera, config.image_size, DemoConfig(), controller,
+                                      trained_objects)
+                outcomes.append(episode)
+                bar.set_postfix(success=f"{sum(e.success for e in outcomes)}/{len(outcomes)}")
+        # The last action is always terminate: the policy's own, unless the step budget ran out.
+        terminated = [len(e.actions) < DemoConfig().step_budget(task) for e in outcomes]
+        results[task] = {
+            "episodes": len(outcomes), "successes": int(sum(e.success for e in outcomes)),
+            "success_rate": float(np.mean([e.success for e in outcomes])),
+            "mean_steps": float(np.mean([len(e.actions) for e in outcomes])),
+            "policy_terminated": int(sum(terminated)),
+            "failures": [{"seed": e.seed, "instruction": e.instruction, "detail": e.detail}
+                         for e in outcomes if not e.success],
+        }
+        recorded += outcomes
+    latencies_ms = 1000 * np.array(controller.latencies_s)
+    summary = {"model": str(model_dir), "backend": backend, "camera": camera, "distractors": distractors,
+               "first_seed": first_seed, "tasks": results,
+               "policy_step_ms": {"median": round(float(np.median(latencies_ms)), 2),
+                                  "p99": round(float(np.percentile(latencies_ms, 99)), 2)}}
+    return summary, recorded
+
+
+def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: list[str], episodes: int,
+                           first_seed: int, log_path: Path, progress: bool = True) -> dict:
+    """The episodes through the launched sim stack (see the module's doc); node logs to log_path."""
+    from std_msgs.msg import Int32, String
+    from tqdm import tqdm
+
+    from ros_vla import protocol
+    from ros_vla.launcher import LaunchRunner, parse_launch_file
+    from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Replies, run_skill_request
+    from ros_vla.nodes.stack_client import StackClient
+    from ros_vla.paths import launch_file
+    from ros_vla.rt1.demos import draw_goal
+
+    max_duration_s = 60.0
+    launch_args = {"seed": str(first_seed), "rt1": "true", "rt1_model_dir": str(Path(model_dir).resolve())}
+    log = open(log_path, "w", buffering=1)
+    runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), launch_args),
+                          emit=lambda line: log.write(line + "\n"))
+    runner.start()
+    client = StackClient("ros_vla_rt1_eval")
+    try:
+        reset_pub = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
+        request_pub = client.node.create_publisher(String, "/skill/request", COMMAND_QOS)
+        skill_results = Replies()
+        client.node.create_subscription(
+            String, "/skill/result", lambda m: skill_results.put(protocol.decode("skill_result", m.data)), STATUS_QOS)
+        client.watch_camera("camera")
+
+        def node_died() -> bool:
+            return any(process.poll() is not None for process in runner.processes.values())
+
+        if not (client.wait_for_subscribers(120.0, give_up=node_died)
+                and client.wait_for_images(["camera"], 120.0, give_up=node_died)):
+            raise RuntimeError(f"the sim stack did not come up; see {log_path}")
+        # The node refuses skills while it loads the network; the first request waits for it.
+        ready = client.wait_for(lambda: request_pub.get_subscription_count() > 0 and
+                                "ready: RT-1" in log_path.read_text(), 120.0, poll_s=0.5, give_up=node_died)
+        if not ready:
+            raise RuntimeError(f"rt1_policy_node did not load {model_dir}; see {log_path}")
+        results = {}
+        for task in tasks:
+            outcomes = []
+            with tqdm(range(first_seed, first_seed + episodes), desc=f"rt1 eval over ROS: {task}", unit="episode",
+                      disable=not progress) as bar:
+                for seed in bar:
+                    reset_pub.publish(Int32(data=seed))
+                    client.wait_for(lambda: (t := client.ground_truth(1.0)) and t["seed"] == seed, 10.0)
+                    time.sleep(1.0)  # the objects settle on the table
+                    goal = draw_goal(task, seed, scene.objects)
+                    started = time.monotonic()
+                    finished, message = run_skill_request(request_pub, skill_results, "rt1", goal.instruction, {},
+                                                          max_duration_s + 15.0)
+                    time.sleep(0.5)  # the world settles before it is judged
+                    truth = client.ground_truth()
+                    success, detail = goal.judge(truth, scene) if truth else (False, "no ground truth")
+                    outcomes.append({"seed": seed, "instruction": goal.instruction, "success": success,
+                                     "detail": detail, "skill_finished": finished, "skill_message": message,
+                                     "wall_time_s": round(time.monotonic() - started, 1)})
+                    bar.set_postfix(success=f"{sum(o['success'] for o in outcomes)}/{len(outcomes)}")
+            results[task] = {"episodes": len(outcomes), "successes": int(sum(o["success"] for o in outcomes)),
+                             "success_rate": float(np.mean([o["success"] for o in outcomes])),
+                             "episodes_detail": outcomes}
+        return {"model": str(model_dir), "through": "ROS 2 stack (launch/sim.launch.xml rt1:=true)",
+                "first_seed": first_seed, "tasks": results}
+    finally:
+        client.close()
+        runner.shutdown()
+        log.close()
+
+
+def episodes_picture(episodes, per_task: int = PICTURE_EPISODES_PER_TASK, frames: int = PICTURE_FRAMES,
+                     scale: int = 3) -> Image.Image:
+    """One row per episode: `frames` frames spread over it, as the policy saw them, with the
+    instruction and the outcome written above."""
+    rows = []
+    for task in dict.fromkeys(e.task for e in episodes):
+        rows += [e for e in episodes if e.task == task][:per_task]
+    size = episodes[0].images.shape[1] * scale
+    caption = 16
+    sheet = Image.new("RGB", (size * frames, (size + caption) * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, episode in enumerate(rows):
+        top = r * (size + caption)
+        outcome = "success" if episode.success else "failure"
+        draw.text((4, top + 2), f'"{episode.instruction}" (seed {episode.seed}): {outcome}, '
+                                f"{len(episode.actions)} steps", fill=(0, 0, 0))
+        for c, t in enumerate(np.linspace(0, len(episode.images) - 1, frames).round().astype(int)):
+            frame = Image.fromarray(episode.images[t]).resize((size, size), Image.Resampling.NEAREST)
+            sheet.paste(frame, (c * size, top + caption))
+            draw.text((c * size + 3, top + caption + 2), f"t={t}", fill=(255, 255, 255))
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ros_vla.paths import config_file, model_dir
+    from ros_vla.sim.scene import load_scene
+
+    parser = argparse.ArgumentParser(prog="ros-vla eval rt1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(model_dir("rt1_small")), help="a `ros-vla train rt1` output folder")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
+    parser.add_argument("--episodes", type=int, default=20, help="episodes per task")
+    parser.add_argument("--seed", type=int, default=EVAL_FIRST_SEED, help="first scene seed")
+    parser.add_argument("--distractors", type=int, default=0, help="objects added in colours no instruction names")
+    parser.add_argument("--camera", default="camera", help="the scene camera the policy sees")
+    parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    parser.add_argument("--out", default="", help="folder for results.json and episodes.png "
+                                                  "(default outputs/rt1_eval/<time>)")
+    parser.add_argument("--ros", action="store_true",
+                        help="through the launched ROS 2 sim stack and rt1_policy_node, in real time")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON line at the end")
+    args = parser.parse_args(argv)
+    out = Path(args.out or f"outputs/rt1_eval/{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.ros:
+        if args.distractors or args.camera != "camera" or args.backend != "onnxruntime":
+            parser.error("--ros runs the stack as launched: no --distractors, --camera or --backend")
+        summary = evaluate_through_stack(args.model, load_scene(config_file("scene_tabletop.yaml")), tasks,
+                                         args.episodes, args.seed, out / "nodes.log")
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for task, result in summary["tasks"].items():
+            print(f"{task} (through ROS): success {result['successes']}/{result['episodes']} "
+                  f"({result['success_rate']:.0%})")
+        print(f"results and node logs in {out}")
+        if args.json:
+            print(json.dumps(summary))
+        return 0
+    summary, episodes = evaluate(args.model, load_scene(config_file("scene_tabletop.yaml")), tasks, args.episodes,
+                                 args.seed, args.distractors, args.camera, args.backend)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    episodes_picture(episodes).save(out / "episodes.png")
+    for task, result in summary["tasks"].items():
+        print(f"{task}: success {result['successes']}/{result['episodes']} ({result['success_rate']:.0%}), "
+              f"{result['mean_steps']:.1f} steps per episode, {result['policy_terminated']} ended by the policy's "
+              f"terminate")
+    print(f"policy step {summary['policy_step_ms']['median']} ms median ({args.backend}); "
+          f"{args.distractors} added distractors; results and episodes.png in {out}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
