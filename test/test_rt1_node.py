@@ -123,8 +123,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("launch", ["sim.launch.xml", "robot.launch.xml"])
 def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
-    """Off by default (no weights yet); with rt1:=true its parameter file sets exactly the
-    parameters the node declares, so each has a documented value there."""
+    """Off by default; with rt1:=true its parameter file sets every parameter the node
+    declares but model_dir, which comes from the rt1_model_dir launch argument: the shipped
+    sim-trained weights in simulation, none on the robot unless named."""
     assert "rt1_policy" not in {n.name for n in parse_launch_file(ROOT / "launch" / launch)}
     node, = [n for n in parse_launch_file(ROOT / "launch" / launch, {"rt1": "true"}) if n.name == "rt1_policy"]
     assert node.executable == "rt1_policy_node"
@@ -132,16 +133,18 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     declared = {keyword.arg for call in ast.walk(tree) if isinstance(call, ast.Call)
                 and getattr(call.func, "id", None) == "declare" for keyword in call.keywords}
     for parameter_file in node.parameter_files:
-        assert set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"]) == declared
+        assert set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"]) == declared - {"model_dir"}
+    expected = str(ROOT / "models" / "rt1_small") if launch == "sim.launch.xml" else ""
+    assert node.parameters["model_dir"] == expected
 
 
 # ----------------------------------------------------------------- rt1_policy_node over DDS
 
 # The untrained small network's greedy actions are deterministic for a seed. With these
-# frames and this instruction, seed 1 picks arm mode at every step and seed 0 terminate at
-# once, each by a margin of about 1 in the mode's logits (seed 2 drives the base, by 0.1).
-ARM_SEED = 1
-TERMINATE_SEED = 0
+# frames and this instruction, seed 8 picks arm mode at every step and seed 11 terminate at
+# once, by margins of at least 1.7 and 0.7 in the mode's logits (seed 0 drives the base, by 0.9).
+ARM_SEED = 8
+TERMINATE_SEED = 11
 INSTRUCTION = "push the red block to the left"
 RATE_HZ = 5.0
 STALE_FRAME_S = 0.5
@@ -180,7 +183,7 @@ class Recorder:
 
 
 def synthetic_frame(index: int) -> np.ndarray:
-    """A 160x120 rgb8 gradient that shifts every frame (the node resizes it to 128x128)."""
+    """A 160x120 rgb8 gradient that shifts every frame (the node resizes it to 96x96)."""
     y, x = np.mgrid[0:120, 0:160]
     return np.stack([(x * 2 + index * 8) % 256, (y * 2) % 256, np.full_like(x, 128)], -1).astype(np.uint8)
 

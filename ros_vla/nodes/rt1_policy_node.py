@@ -2,7 +2,9 @@
 commands out, at a fixed rate, until the policy says terminate.
 
 Input: skill/request (JSON) whose skill is `skill_name`; its text is the instruction. The
-instruction is embedded once per skill (all-MiniLM-L6-v2); then every tick of the control
+instruction is embedded once per skill (all-MiniLM-L6-v2). With `start_move_s` > 0 the arm
+first goes to `start_joint_positions` (arm/joint_trajectory, taking start_move_s), the pose
+the policy's demonstrations began in, and the policy starts once it is there. Then every tick of the control
 timer (`rate_hz`, 3 Hz as in RT-1) runs one policy step on the newest camera frame and
 sends what it decided (ros_vla.rt1.control):
   arm mode:  arm/ee_delta (TransformStamped, fr3_link0: the TCP displacement this step),
@@ -44,10 +46,12 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import TransformStamped, TwistStamped
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float64, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ros_vla import protocol
 from ros_vla.nodes.common import (
@@ -63,14 +67,14 @@ from ros_vla.nodes.common import (
 )
 from ros_vla.perception.ros_messages import image_array, transform_msg
 from ros_vla.robot import panda
-from ros_vla.rt1 import OnnxModel, OnnxRuntimeBackend, RT1Config, RT1Policy, TensorRTBackend, TorchBackend
+from ros_vla.rt1 import RT1Config, RT1Policy
+from ros_vla.rt1.config import START_JOINT_POSITIONS
 from ros_vla.rt1.control import STOP, RobotCommand, command_from_action
-from ros_vla.rt1.runtime import ACTION_DECODER_ONNX, FRAME_ENCODER_ONNX
+from ros_vla.rt1.runtime import BACKENDS, open_backend
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
-# The torch backend's weights in model_dir: an RT1 state_dict saved with torch.save.
-TORCH_WEIGHTS = "rt1.pt"
 NO_WEIGHTS = "no RT-1 weights: set model_dir"
+# After the start move's duration, time for the arm to come to rest before the first frame.
+START_SETTLE_S = 0.5
 REPORT_PERIOD_S = 2.0
 LATENCY_WINDOW_STEPS = 100
 
@@ -80,32 +84,8 @@ class Skill:
     request_id: str
     embedding: np.ndarray
     started: Time
+    first_step: Time  # after the move to the start pose
     steps: int = 0
-
-
-def open_backend(name: str, config: RT1Config, model_dir: Path):
-    """The network in `model_dir` on one of BACKENDS: the two ONNX graphs export_onnx
-    writes, the TensorRT engines built from them (same names, .engine), or for torch an
-    RT1 state_dict in TORCH_WEIGHTS."""
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(OnnxModel.in_directory(model_dir))
-    if name == "tensorrt":
-        graphs = (FRAME_ENCODER_ONNX, ACTION_DECODER_ONNX)
-        engines = [model_dir / Path(graph).with_suffix(".engine") for graph in graphs]
-        for engine in engines:
-            if not engine.is_file():
-                raise FileNotFoundError(f"no TensorRT engine at {engine} (ros_vla.rt1.build_tensorrt_engine builds it)")
-        return TensorRTBackend(*engines)
-    import torch
-
-    from ros_vla.rt1.model import build_rt1
-
-    weights = model_dir / TORCH_WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"no torch weights at {weights} (torch.save(model.state_dict()) writes them)")
-    model = build_rt1(config)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return TorchBackend(model.to("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def steps_text(count: int) -> str:
@@ -124,7 +104,7 @@ class RT1PolicyNode(Node):
         p = declare(
             self, config="paper", backend="onnxruntime", model_dir="", rate_hz=3.0, stale_frame_s=0.5,
             camera_topic="camera/camera/color/image_raw", skill_name="rt1", max_duration_s=60.0,
-            deadline_fraction=1.0,
+            deadline_fraction=1.0, start_joint_positions=list(START_JOINT_POSITIONS), start_move_s=0.0,
         )
         self.config = RT1Config.named(p["config"])
         self.config_name = p["config"]
@@ -136,11 +116,19 @@ class RT1PolicyNode(Node):
         self.max_duration_s = positive("max_duration_s", p["max_duration_s"])
         self.camera_topic = p["camera_topic"]
         self.skill_name = p["skill_name"]
+        self.start_positions = [float(q) for q in p["start_joint_positions"]]
+        if len(self.start_positions) != len(panda.ARM_JOINT_NAMES) or not np.isfinite(self.start_positions).all():
+            raise ValueError(f"parameter start_joint_positions must be {len(panda.ARM_JOINT_NAMES)} finite joint "
+                             f"positions, got {p['start_joint_positions']}")
+        self.start_move_s = float(p["start_move_s"])
+        if not (math.isfinite(self.start_move_s) and self.start_move_s >= 0):
+            raise ValueError(f"parameter start_move_s must be >= 0, got {self.start_move_s}")
         self.diag = Diagnostics(self)
 
         self.ee_delta_pub = self.create_publisher(TransformStamped, "arm/ee_delta", COMMAND_QOS)
         self.gripper_pub = self.create_publisher(Float64, "arm/gripper", COMMAND_QOS)
         self.base_pub = self.create_publisher(TwistStamped, "base/cmd_vel", COMMAND_QOS)
+        self.trajectory_pub = self.create_publisher(JointTrajectory, "arm/joint_trajectory", COMMAND_QOS)
         self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
 
         # Why skills are refused ("" while the models load or once they are ready).
@@ -208,7 +196,11 @@ class RT1PolicyNode(Node):
             refusal = refusal or ("emergency stop is engaged" if self.estopped else "")
             if not refusal:
                 self.last_gripper_width = None
-                self.skill = Skill(request["id"], embedding, self.get_clock().now())
+                now = self.get_clock().now()
+                wait_s = self.start_move_s + START_SETTLE_S if self.start_move_s else 0.0
+                self.skill = Skill(request["id"], embedding, now, now + Duration(seconds=wait_s))
+                if self.start_move_s:
+                    self.move_to_start()
         if refusal:
             self.reply(request["id"], False, refusal)
             self.busy.clear()
@@ -252,6 +244,8 @@ class RT1PolicyNode(Node):
             self.finish(skill, False, f"no terminate within max_duration_s ({self.max_duration_s:g} s, "
                                       f"{steps_text(skill.steps)}): stopped")
             return
+        if now < skill.first_step:
+            return  # the arm is on its way to the start pose
         frame = self.frame.get()
         problem = self.frame_problem(frame, now)
         if problem:
@@ -301,6 +295,17 @@ class RT1PolicyNode(Node):
             self.holding = True
             self.diag.publish("warn", f"{problem}: not inferring; base stopped, arm holding",
                               **self.counters())
+
+    def move_to_start(self):
+        """The pose the policy's episodes began in, through arm_motion (which checks the move
+        against limits and speed, and refuses it while /estop is engaged)."""
+        trajectory = JointTrajectory()
+        trajectory.header.stamp = self.get_clock().now().to_msg()
+        trajectory.joint_names = list(panda.ARM_JOINT_NAMES)
+        point = JointTrajectoryPoint(positions=self.start_positions)
+        point.time_from_start = Duration(seconds=self.start_move_s).to_msg()
+        trajectory.points = [point]
+        self.trajectory_pub.publish(trajectory)
 
     def send(self, command: RobotCommand, now: Time):
         stamp = now.to_msg()
