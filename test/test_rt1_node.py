@@ -27,13 +27,16 @@ from hypothesis.extra import numpy as hnp
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64, String
+from trajectory_msgs.msg import JointTrajectory
 
 from ros_vla.launcher import parse_launch_file
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, STATUS_QOS
+from ros_vla.nodes.rt1_policy_node import START_SETTLE_S
 from ros_vla.paths import use_project_dds_profile
 from ros_vla.perception.ros_messages import image_msg, matrix_from_transform
+from ros_vla.robot import panda
 from ros_vla.robot.kinematics import rotation_from_rpy
-from ros_vla.rt1.config import MODES, RT1Config
+from ros_vla.rt1.config import MODES, START_JOINT_POSITIONS, RT1Config
 from ros_vla.rt1.control import STOP, command_from_action
 from ros_vla.rt1.tokenizer import ActionTokenizer
 
@@ -133,7 +136,8 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     declared = {keyword.arg for call in ast.walk(tree) if isinstance(call, ast.Call)
                 and getattr(call.func, "id", None) == "declare" for keyword in call.keywords}
     for parameter_file in node.parameter_files:
-        assert set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"]) == declared - {"model_dir"}
+        in_file = set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"])
+        assert in_file == declared - {"model_dir"}
     expected = str(ROOT / "models" / "rt1_small") if launch == "sim.launch.xml" else ""
     assert node.parameters["model_dir"] == expected
 
@@ -149,6 +153,7 @@ INSTRUCTION = "push the red block to the left"
 RATE_HZ = 5.0
 STALE_FRAME_S = 0.5
 MAX_DURATION_S = 10.0
+START_MOVE_S = 1.0
 CAMERA_HZ = 10.0
 
 
@@ -212,7 +217,7 @@ class Harness:
         self.request_pubs = {ns: node.create_publisher(String, f"{ns}/skill/request", COMMAND_QOS)
                              for ns in ("", "/unloaded", "/terminating")}
         self.outputs = {name: Recorder() for name in ("ee_delta", "gripper", "base", "results", "/unloaded",
-                                                      "/terminating", "diagnostics")}
+                                                      "/terminating", "start_move", "diagnostics")}
         for topic, kind, name, qos in [
             ("/arm/ee_delta", TransformStamped, "ee_delta", COMMAND_QOS),
             ("/arm/gripper", Float64, "gripper", COMMAND_QOS),
@@ -220,6 +225,7 @@ class Harness:
             ("/skill/result", String, "results", STATUS_QOS),
             ("/unloaded/skill/result", String, "/unloaded", STATUS_QOS),
             ("/terminating/skill/result", String, "/terminating", STATUS_QOS),
+            ("/terminating/arm/joint_trajectory", JointTrajectory, "start_move", COMMAND_QOS),
             ("/diagnostics", DiagnosticArray, "diagnostics", STATUS_QOS),
         ]:
             node.create_subscription(kind, topic, self.outputs[name], qos)
@@ -283,10 +289,12 @@ def stack(tmp_path_factory):
                 "-p", f"max_duration_s:={MAX_DURATION_S}"]
     policy = start_node(*settings, "-p", f"model_dir:={model_dirs[ARM_SEED]}")
     # Two more nodes, each in its own namespace so that only it gets its requests: one
-    # without weights, and one whose network terminates (it shares the camera).
+    # without weights, and one whose network terminates (it shares the camera) and that
+    # first moves the arm to the start pose.
     unloaded = start_node("-r", "__ns:=/unloaded", "-r", "__node:=rt1_policy_unloaded")
     terminating = start_node(*settings, "-p", f"model_dir:={model_dirs[TERMINATE_SEED]}",
                              "-p", "camera_topic:=/camera/camera/color/image_raw",
+                             "-p", f"start_move_s:={START_MOVE_S}",
                              "-r", "__ns:=/terminating", "-r", "__node:=rt1_policy_terminating")
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -316,12 +324,20 @@ def test_without_weights_every_skill_is_refused(stack):
     assert result["success"] is False and result["message"] == "no RT-1 weights: set model_dir"
 
 
-def test_terminate_ends_the_skill_with_success(stack):
+def test_the_arm_goes_to_the_start_pose_then_terminate_ends_the_skill_with_success(stack):
     stack.camera_on.set()
     time.sleep(3 / CAMERA_HZ)
+    requested = time.monotonic()
     stack.request("rt1-terminate", namespace="/terminating")
     result = stack.result("rt1-terminate", 20.0, recorder="/terminating")
     assert result == {"id": "rt1-terminate", "success": True, "message": "terminated by the policy after 1 step"}
+    # The first step waits for the start move (start_move_s) and the settling after it.
+    answered = stack.outputs["/terminating"].times_since(requested)[0]
+    assert answered - requested >= START_MOVE_S + START_SETTLE_S
+    move, = stack.outputs["start_move"].since(requested)
+    assert tuple(move.joint_names) == panda.ARM_JOINT_NAMES
+    assert np.allclose(move.points[0].positions, START_JOINT_POSITIONS)
+    assert move.points[0].time_from_start.sec + move.points[0].time_from_start.nanosec * 1e-9 == START_MOVE_S
 
 
 def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -129,6 +130,7 @@ def evaluate(model_dir: str | Path, scene: SceneConfig, tasks: list[str], episod
 def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: list[str], episodes: int,
                            first_seed: int, log_path: Path, progress: bool = True) -> dict:
     """The episodes through the launched sim stack (see the module's doc); node logs to log_path."""
+    from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Int32, String
     from tqdm import tqdm
 
@@ -160,10 +162,14 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
         if not (client.wait_for_subscribers(120.0, give_up=node_died)
                 and client.wait_for_images(["camera"], 120.0, give_up=node_died)):
             raise RuntimeError(f"the sim stack did not come up; see {log_path}")
-        # The node refuses skills while it loads the network; the first request waits for it.
-        ready = client.wait_for(lambda: request_pub.get_subscription_count() > 0 and
-                                "ready: RT-1" in log_path.read_text(), 120.0, poll_s=0.5, give_up=node_died)
-        if not ready:
+        # The node refuses skills while it loads the network; the first request waits until
+        # its diagnostics say it is ready (or idle, in the 2 s report).
+        loaded = threading.Event()
+        client.node.create_subscription(
+            DiagnosticArray, "/diagnostics",
+            lambda m: any(st.name == "ros_vla: rt1_policy" and st.message.startswith(("ready", "idle"))
+                          for st in m.status) and loaded.set(), STATUS_QOS)
+        if not client.wait_for(loaded.is_set, 120.0, poll_s=0.2, give_up=node_died):
             raise RuntimeError(f"rt1_policy_node did not load {model_dir}; see {log_path}")
         results = {}
         for task in tasks:
@@ -172,7 +178,9 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
                       disable=not progress) as bar:
                 for seed in bar:
                     reset_pub.publish(Int32(data=seed))
-                    client.wait_for(lambda: (t := client.ground_truth(1.0)) and t["seed"] == seed, 10.0)
+                    deadline = time.monotonic() + 10.0
+                    while time.monotonic() < deadline and (client.ground_truth(1.0) or {}).get("seed") != seed:
+                        time.sleep(0.1)
                     time.sleep(1.0)  # the objects settle on the table
                     goal = draw_goal(task, seed, scene.objects)
                     started = time.monotonic()
