@@ -113,6 +113,7 @@ METHOD_COMMANDS = {
     ("train", "miavlm"): "ros_vla.miavlm.train:main",
     ("eval", "miavlm"): "ros_vla.miavlm.eval:main",
     ("bench", "miavlm"): "ros_vla.miavlm.bench:main",
+    ("demos", "rt1"): "ros_vla.rt1.demos:demos_main",
     ("train", "rt1"): "ros_vla.rt1.train:main",
     ("eval", "rt1"): "ros_vla.rt1.eval:main",
     ("eval", "saycan"): "ros_vla.saycan.eval:main",
@@ -181,10 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         from ros_vla.calibrate import calibrate_main
 
         return calibrate_main(argv[1:])
-    if argv and argv[0] == "demos" and argv[1:2] not in (["cliport"], ["miavlm"], ["saycan-value"]):
-        from ros_vla.rt1.demos import demos_main
-
-        return demos_main(argv[1:])
     if len(argv) >= 2 and (argv[0], argv[1]) in METHOD_COMMANDS:
         import importlib
 

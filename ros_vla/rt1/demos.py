@@ -463,9 +463,8 @@ def demos_main(argv: list[str]) -> int:
     from ros_vla.paths import config_file
     from ros_vla.sim.scene import load_scene
 
-    parser = argparse.ArgumentParser(prog="ros-vla demos", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ros-vla demos rt1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["rt1"], help="whose action space the demonstrations use")
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("-n", "--episodes", type=int, default=10)
     parser.add_argument("--out", required=True, help="folder for the episode files and index.jsonl")
