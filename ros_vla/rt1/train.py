@@ -10,8 +10,8 @@ every checkpoint (eval mode, no augmentation).
 
 The output folder holds `checkpoint.pt` (model, optimiser, iteration, RNG state: a rerun with
 the same folder resumes), and at the end what the node and `ros-vla eval rt1` load:
-`rt1.pt` (weights), the two ONNX graphs (export_onnx) and `config.json` (the config's name,
-the data and the training figures).
+`rt1.pt` (weights, rounded to float16), the two ONNX graphs exported from those weights
+and `config.json` (the config's name, the data and the training figures).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from ros_vla.rt1.config import RT1Config
 from ros_vla.rt1.data import Chunk, EpisodeData, load_episodes, sample_chunk, window_frame_indices
 from ros_vla.rt1.demos import TASKS
 from ros_vla.rt1.model import MiniLMInstructionEncoder, build_rt1
+from ros_vla.rt1.runtime import TORCH_WEIGHTS as WEIGHTS
 from ros_vla.rt1.runtime import export_onnx
 
-WEIGHTS = "rt1.pt"
 CONFIG_JSON = "config.json"
 
 
@@ -152,9 +152,7 @@ def train(config_name: str, data_dirs: list[str], tasks: list[str], episodes_per
                 torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                             "config_name": config_name, "rng": rng.bit_generator.state, "iteration": iteration + 1,
                             "history": history, "evaluations": evaluations}, checkpoint)
-    model.eval()
-    torch.save(model.state_dict(), out / WEIGHTS)
-    export_onnx(model, out)
+    write_model_folder(model, out)
     training = {
         "data": [str(d) for d in data_dirs], "tasks": tasks, "episodes_per_task": episodes_per_task,
         "training_episodes": len(train_set), "training_steps": int(sum(e.steps for e in train_set)),
@@ -166,6 +164,19 @@ def train(config_name: str, data_dirs: list[str], tasks: list[str], episodes_per
     }
     (out / CONFIG_JSON).write_text(json.dumps({"config": config_name, "training": training}, indent=2) + "\n")
     return {"out": str(out), "history": history, "evaluations": evaluations}
+
+
+def write_model_folder(model, out: Path) -> None:
+    """What the node and the evaluation load: the weights rounded to float16 (half the
+    file; every backend then runs exactly the same numbers) as `rt1.pt`, and the ONNX
+    graphs exported from them."""
+    model.eval()
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, out / WEIGHTS)
+    export_onnx(model, out)
 
 
 def main(argv: list[str] | None = None) -> int:
