@@ -70,6 +70,17 @@ def test_a_chunk_gathers_the_windows_of_consecutive_steps(seed):
     assert len(chunk.frames) == start + steps - max(0, start - HISTORY + 1)  # every frame once
 
 
+def test_history_dropout_leaves_some_windows_only_their_newest_frame():
+    episode = synthetic_episode(20, 0)
+    all_dropped = sample_chunk(episode, 8, HISTORY, np.random.default_rng(1), history_dropout=1.0)
+    assert all(len(set(row)) == 1 for row in all_dropped.windows)
+    chunks = [sample_chunk(episode, 8, HISTORY, np.random.default_rng(s), history_dropout=0.5) for s in range(40)]
+    rows = np.concatenate([c.windows for c in chunks])
+    later = rows[:, -1] >= 1  # every window but an episode's first shows two frames unless dropped
+    share = np.mean([len(set(row)) == 1 for row in rows[later]])
+    assert 0.35 < share < 0.65
+
+
 def test_augmentation_is_one_shift_and_one_jitter_for_all_frames_of_a_chunk():
     frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     frames[1:] = frames[0]

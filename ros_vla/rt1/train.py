@@ -2,7 +2,8 @@
 
 Each iteration draws `--batch-chunks` chunks of `--chunk-steps` consecutive control steps
 (data.sample_chunk: every frame encoded once, then gathered into 6-frame windows), shifts
-and colour-jitters each chunk, and minimises the cross-entropy of the 11 recorded action
+and colour-jitters each chunk, gives half of the windows only their newest frame
+(`--history-dropout`, see data.sample_chunk), and minimises the cross-entropy of the 11 recorded action
 tokens, all dimensions weighted alike, as RT-1 does. AdamW, linear warm-up then cosine
 decay to a tenth of the rate. The frozen sentence encoder embeds each distinct instruction
 once. A few episodes per task and folder are held out; their token accuracy is measured at
@@ -97,7 +98,8 @@ def split_held_out(episodes: list[EpisodeData], held_out_per_group: int) -> tupl
 def train(config_name: str, data_dirs: list[str], tasks: list[str], episodes_per_task: int, iterations: int,
           out_dir: str, batch_chunks: int = 6, chunk_steps: int = 8, learning_rate: float = 1e-3,
           warmup: int = 100, seed: int = 0, checkpoint_every: int = 250, threads: int = 0,
-          held_out_per_group: int = 5, max_shift_px: int = 4, jitter: float = 0.1) -> dict:
+          held_out_per_group: int = 5, max_shift_px: int = 4, jitter: float = 0.1,
+          history_dropout: float = 0.5) -> dict:
     from tqdm import tqdm
 
     if threads:
@@ -131,8 +133,8 @@ def train(config_name: str, data_dirs: list[str], tasks: list[str], episodes_per
         for iteration in range(start, iterations):
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate_at(iteration, iterations, learning_rate, warmup)
-            chunks = [sample_chunk(train_set[i], chunk_steps, config.history_frames, rng, max_shift_px, jitter)
-                      for i in rng.integers(0, len(train_set), batch_chunks)]
+            chunks = [sample_chunk(train_set[i], chunk_steps, config.history_frames, rng, max_shift_px, jitter,
+                                   history_dropout) for i in rng.integers(0, len(train_set), batch_chunks)]
             logits = chunk_logits(model, chunks, embeddings)
             targets = torch.from_numpy(np.concatenate([c.targets for c in chunks]))
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -159,7 +161,8 @@ def train(config_name: str, data_dirs: list[str], tasks: list[str], episodes_per
         "held_out_episodes": [f"{e.source}/{e.file}" for e in held_out],
         "iterations": iterations, "batch_chunks": batch_chunks, "chunk_steps": chunk_steps,
         "learning_rate": learning_rate, "warmup": warmup, "seed": seed, "max_shift_px": max_shift_px,
-        "jitter": jitter, "wall_time_s_this_run": round(time.perf_counter() - started, 1),
+        "jitter": jitter, "history_dropout": history_dropout,
+        "wall_time_s_this_run": round(time.perf_counter() - started, 1),
         "final_loss_mean_of_last_50": float(np.mean(history[-50:])), "held_out_accuracy": evaluations,
     }
     (out / CONFIG_JSON).write_text(json.dumps({"config": config_name, "training": training}, indent=2) + "\n")
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-steps", type=int, default=8, help="consecutive control steps per chunk")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--held-out", type=int, default=5, help="episodes held out per task and folder")
+    parser.add_argument("--history-dropout", type=float, default=0.5,
+                        help="fraction of windows whose earlier frames are replaced by the newest (data.sample_chunk)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--out", required=True, help="output folder; an existing checkpoint there is resumed")
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     result = train(args.config, [d.strip() for d in args.data.split(",") if d.strip()], tasks, args.episodes,
                    args.iterations, args.out, args.batch_chunks, args.chunk_steps, args.lr, seed=args.seed,
-                   threads=args.threads, held_out_per_group=args.held_out)
+                   threads=args.threads, held_out_per_group=args.held_out, history_dropout=args.history_dropout)
     held_out = result["evaluations"][-1] if result["evaluations"] else None
     summary = (f"; held-out steps with all 11 tokens right {held_out['all_tokens']:.1%}, tokens within one bin "
                f"{held_out['within_one_bin']:.1%}" if held_out else "")
