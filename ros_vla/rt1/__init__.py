@@ -5,6 +5,11 @@ dimensions of 256 bins each out. See README.md beside this file.
   model.py      the PyTorch network (FrameEncoder + ActionDecoder), the sentence encoder
   tokenizer.py  actions <-> tokens
   runtime.py    torch / ONNX Runtime / TensorRT backends, RT1Policy (token cache)
+  control.py    an action -> the robot command of one control step
+  demos.py      `ros-vla demos rt1`: scripted (oracle) episodes in sim, goals and their judges
+  data.py       episodes -> 6-frame training windows
+  train.py      `ros-vla train rt1`
+  eval.py       `ros-vla eval rt1`: closed loop in the headless sim or through the ROS stack
   bench.py      `ros-vla bench rt1`
 
 Importing this package does not import torch (ros_vla.rt1.model does), so a controller on
