@@ -127,8 +127,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("launch", ["sim.launch.xml", "robot.launch.xml"])
 def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     """Off by default; with rt1:=true its parameter file sets every parameter the node
-    declares but model_dir, which comes from the rt1_model_dir launch argument: the shipped
-    sim-trained weights in simulation, none on the robot unless named."""
+    declares but model_dir, which comes from the rt1_model_dir launch argument (none by
+    default: no weights are shipped yet)."""
     assert "rt1_policy" not in {n.name for n in parse_launch_file(ROOT / "launch" / launch)}
     node, = [n for n in parse_launch_file(ROOT / "launch" / launch, {"rt1": "true"}) if n.name == "rt1_policy"]
     assert node.executable == "rt1_policy_node"
@@ -138,8 +138,9 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     for parameter_file in node.parameter_files:
         in_file = set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"])
         assert in_file == declared - {"model_dir"}
-    expected = str(ROOT / "models" / "rt1_small") if launch == "sim.launch.xml" else ""
-    assert node.parameters["model_dir"] == expected
+    assert node.parameters["model_dir"] == ""
+    named = parse_launch_file(ROOT / "launch" / launch, {"rt1": "true", "rt1_model_dir": "/data/rt1_run"})
+    assert next(n for n in named if n.name == "rt1_policy").parameters["model_dir"] == "/data/rt1_run"
 
 
 # ----------------------------------------------------------------- rt1_policy_node over DDS
