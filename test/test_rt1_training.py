@@ -11,7 +11,7 @@ from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
 from ros_vla.rt1.data import EpisodeData, augment, load_episodes, sample_chunk, window_frame_indices
 from ros_vla.rt1.demos import ACTION_NAMES, DemoConfig, Goal, draw_goal, run_episode
-from ros_vla.rt1.eval import PolicyController, model_config, with_distractors
+from ros_vla.rt1.eval import PolicyController, model_config, teacher_forced_errors, with_distractors
 from ros_vla.rt1.model import build_rt1
 from ros_vla.rt1.runtime import OnnxModel, OnnxRuntimeBackend, RT1Policy, TorchBackend
 from ros_vla.rt1.tokenizer import ActionTokenizer
@@ -150,6 +150,10 @@ def test_training_lowers_the_loss_writes_loadable_weights_and_resumes(tmp_path):
         policy = RT1Policy(backend, SMALL)
         tokens[name] = np.stack([policy.step(frame, embedding) for frame in frames])
     assert np.array_equal(tokens["torch"], tokens["onnx"])
+    diagnosis = teacher_forced_errors(out, [str(tmp_path / "head")], ["pick"], held_out_per_group=1)
+    errors = diagnosis["arm_xy_error_mm_per_step"]["pick"]
+    assert errors["held_out_episodes"] == 1 and errors["blind_mean_at_step"] > 0
+    assert all(np.isfinite(v) for v in errors.values()) and len(errors) == 7
     resumed = train("small", [str(tmp_path / "head")], ["pick"], 10, 32, str(out), batch_chunks=2, chunk_steps=6,
                     warmup=5, threads=1, held_out_per_group=1)
     assert len(resumed["history"]) == 32 and resumed["history"][:30] == history

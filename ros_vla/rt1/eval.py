@@ -204,6 +204,60 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
         log.close()
 
 
+def teacher_forced_errors(model_dir: str | Path, data_dirs: list[str], tasks: list[str],
+                          held_out_per_group: int = 5, first_steps: int = 3) -> dict:
+    """How much of the policy's motion comes from what it sees: on the episodes training held
+    out (train.split_held_out), the mean |error| of the greedy action's arm_x and arm_y
+    against the demonstrator's, in mm per step, for the policy; the policy given another
+    held-out episode's frames (same instruction); and a blind baseline, the training
+    episodes' mean action at the same step index. Over all steps and over the first
+    `first_steps`, where the earlier frames show no motion yet."""
+    import torch
+
+    from ros_vla.rt1.data import load_episodes
+    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.rt1.train import chunk_logits, split_held_out, whole_episode_chunk
+
+    config = model_config(model_dir)
+    backend = open_backend("torch", config, model_dir)
+    model = backend.model.cpu().eval()
+    episodes = [e for d in data_dirs for e in load_episodes(d, tasks, 10**6, config.image_size)]
+    train_set, held_out = split_held_out(episodes, held_out_per_group)
+    instructions = sorted({e.instruction for e in episodes})
+    embeddings = dict(zip(instructions, MiniLMInstructionEncoder().embed(instructions)))
+    tokenizer = RT1Policy(backend, config).tokenizer
+    xy = [i for i, d in enumerate(config.action_dimensions) if d.name in ("arm_x", "arm_y")]
+
+    def arm_xy(chunk) -> np.ndarray:
+        with torch.no_grad():
+            tokens = chunk_logits(model, [chunk], embeddings).argmax(-1).numpy()
+        return tokenizer.detokenize(tokens)[:, xy]
+
+    results = {}
+    for task in tasks:
+        recorded = [tokenizer.detokenize(e.tokens)[:, xy] for e in train_set if e.task == task]
+        longest = max(len(a) for a in recorded)
+        blind = np.array([np.mean([a[t] for a in recorded if len(a) > t], axis=0) for t in range(longest)])
+        errors: dict[str, list[float]] = {}
+        tests = [e for e in held_out if e.task == task]
+        for i, episode in enumerate(tests):
+            truth = tokenizer.detokenize(episode.tokens)[:, xy]
+            other = tests[(i + 1) % len(tests)].images
+            other = np.concatenate([other, np.repeat(other[-1:], max(0, episode.steps - len(other)), axis=0)])
+            swapped = whole_episode_chunk(episode, config.history_frames)
+            swapped.frames = other[:episode.steps]
+            guesses = {"policy": arm_xy(whole_episode_chunk(episode, config.history_frames)),
+                       "policy_with_another_episodes_frames": arm_xy(swapped),
+                       "blind_mean_at_step": blind[np.minimum(np.arange(episode.steps), longest - 1)]}
+            for name, guess in guesses.items():
+                error = np.abs(guess - truth)
+                errors.setdefault(name, []).append(float(error.mean()))
+                errors.setdefault(f"{name}_first_{first_steps}_steps", []).append(float(error[:first_steps].mean()))
+        results[task] = {name: round(1000 * float(np.mean(v)), 2) for name, v in errors.items()}
+        results[task]["held_out_episodes"] = len(tests)
+    return {"model": str(model_dir), "arm_xy_error_mm_per_step": results}
+
+
 def episodes_picture(episodes, per_task: int = PICTURE_EPISODES_PER_TASK, frames: int = PICTURE_FRAMES,
                      scale: int = 3) -> Image.Image:
     """One row per episode: `frames` frames spread over it, as the policy saw them, with the
@@ -242,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     parser.add_argument("--out", default="", help="folder for results.json and episodes.png "
                                                   "(default outputs/rt1_eval/<time>)")
+    parser.add_argument("--teacher-forced", default="",
+                        help="DIR[,DIR]: the recordings the model was trained on; instead of closed loop, the arm "
+                             "xy error on their held-out episodes against a blind baseline (teacher_forced_errors)")
     parser.add_argument("--ros", action="store_true",
                         help="through the launched ROS 2 sim stack and rt1_policy_node, in real time")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line at the end")
@@ -249,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"outputs/rt1_eval/{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.teacher_forced:
+        summary = teacher_forced_errors(args.model, [d.strip() for d in args.teacher_forced.split(",") if d.strip()],
+                                        tasks)
+        (out / "teacher_forced.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for task, errors in summary["arm_xy_error_mm_per_step"].items():
+            print(f"{task}: " + ", ".join(f"{name} {value}" for name, value in errors.items()))
+        if args.json:
+            print(json.dumps(summary))
+        return 0
     if args.ros:
         if args.distractors or args.camera != "camera" or args.backend != "onnxruntime":
             parser.error("--ros runs the stack as launched: no --distractors, --camera or --backend")
