@@ -4,9 +4,9 @@ commands out, at a fixed rate, until the policy says terminate.
 Input: skill/request (JSON) whose skill is `skill_name`; its text is the instruction. The
 instruction is embedded once per skill (all-MiniLM-L6-v2). With `start_move_s` > 0 the arm
 first goes to `start_joint_positions` (arm/joint_trajectory, taking start_move_s), the pose
-the policy's demonstrations began in, and the policy starts once it is there. Then every tick of the control
-timer (`rate_hz`, 3 Hz as in RT-1) runs one policy step on the newest camera frame and
-sends what it decided (ros_vla.rt1.control):
+the policy's demonstrations began in, and the policy starts once it is there. Then every
+tick of the control timer (`rate_hz`, 3 Hz as in RT-1) runs one policy step on the newest
+camera frame and sends what it decided (ros_vla.rt1.control):
   arm mode:  arm/ee_delta (TransformStamped, fr3_link0: the TCP displacement this step),
              arm/gripper (Float64 width, when it changes), zero base/cmd_vel;
   base mode: base/cmd_vel (TwistStamped, base_link: the step's displacement / period);
