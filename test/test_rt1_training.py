@@ -195,7 +195,7 @@ def test_judges_read_ground_truth():
     assert not push.judge(truth((0.7 - rim + 0.005, 0, table + 0.02), held=True), SCENE)[0]
 
 
-def test_a_policy_drives_a_closed_loop_episode_until_its_budget():
+def test_a_policy_chooses_every_action_of_a_closed_loop_episode():
     """The evaluation's episode: the policy chooses every action (the step budget's last
     is terminate), executed as the demonstrations' are."""
     model = build_rt1(SMALL, seed=8)

@@ -336,12 +336,16 @@ def truth(objects, base=(0.0, 0.0, 0.0)):
         {"name": n, "kind": n.split("_")[1], "position": list(p), "held": h} for n, p, h in objects]}
 
 
+def tabletop_truth():
+    """Every object of the scene on the work table, nothing held, the robot at the table."""
+    return truth([("red_block", (0.7, 0.1, 0.57), False), ("blue_block", (0.7, -0.2, 0.57), False),
+                  ("yellow_block", (0.8, 0.0, 0.57), False), ("green_bowl", (0.6, 0.2, 0.553), False),
+                  ("purple_bowl", (0.6, -0.2, 0.553), False)])
+
+
 def test_symbolic_plan_reaches_goals_only_through_feasible_steps():
     library = load_skill_library(config_file("saycan_skills.yaml"), SCENE)
-    start = truth([("red_block", (0.7, 0.1, 0.57), False), ("blue_block", (0.7, -0.2, 0.57), False),
-                   ("yellow_block", (0.8, 0.0, 0.57), False), ("green_bowl", (0.6, 0.2, 0.553), False),
-                   ("purple_bowl", (0.6, -0.2, 0.553), False)])
-    state = SymbolicState(start, SCENE)
+    state = SymbolicState(tabletop_truth(), SCENE)
     assert state.robot == "table" and state.place["red_block"] == ("surface", "work_table")
     for text in ["pick up the red block", "go to the user", "put it down"]:
         assert state.apply(library.by_text(text))
@@ -356,10 +360,7 @@ def test_symbolic_plan_reaches_goals_only_through_feasible_steps():
 
 def test_symbolic_plan_cannot_pick_a_covered_block_or_stack_in_a_cycle():
     library = load_skill_library(config_file("saycan_skills.yaml"), SCENE)
-    start = truth([("red_block", (0.7, 0.1, 0.57), False), ("blue_block", (0.7, -0.2, 0.57), False),
-                   ("yellow_block", (0.8, 0.0, 0.57), False), ("green_bowl", (0.6, 0.2, 0.553), False),
-                   ("purple_bowl", (0.6, -0.2, 0.553), False)])
-    state = SymbolicState(start, SCENE)
+    state = SymbolicState(tabletop_truth(), SCENE)
     assert state.apply(library.by_text("pick up the red block and place it on the blue block"))
     assert not state.apply(library.by_text("pick up the blue block and place it on the red block")), "a cycle"
     assert not state.apply(library.by_text("pick up the blue block")), "the red block is on it"
