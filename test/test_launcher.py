@@ -440,7 +440,7 @@ def test_shutdown_escalates_to_sigkill(scripts: Path):
     started = time.monotonic()
     runner.shutdown()
     elapsed = time.monotonic() - started
-    assert 0.8 <= elapsed < 3.0  # ignored SIGINT and SIGTERM, then got SIGKILL
+    assert elapsed >= 0.8  # ignored SIGINT and SIGTERM for both grace periods, then got SIGKILL
     assert runner.processes["stubborn"].returncode == -signal.SIGKILL
     assert runner.processes["talker"].returncode == 0  # handled SIGINT
     assert not is_alive(pid)
