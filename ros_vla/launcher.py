@@ -480,21 +480,22 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_launcher_hook() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child get SIGKILL when the launcher dies.
+def die_with_parent_hook() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies.
 
-    Children run in their own session (so a terminal's Ctrl-C reaches only the
-    launcher, which then shuts them down in order), hence nothing else would take
-    them down if the launcher itself were SIGKILLed. Note that the death signal fires
-    when the *thread* that forked the child ends; each child is forked by its
-    supervisor thread, which lives until that child has exited.
+    The launcher's children run in their own session (so a terminal's Ctrl-C reaches only
+    the launcher, which then shuts them down in order), hence nothing else would take
+    them down if the launcher itself were SIGKILLed; the tests start nodes with it for
+    the same reason. Note that the death signal fires when the *thread* that forked the
+    child ends; the launcher forks each child from its supervisor thread, which lives
+    until that child has exited.
     """
-    launcher_pid = os.getpid()
+    parent_pid = os.getpid()
 
     def hook() -> None:
         if _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL)) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
 
     return hook
@@ -696,7 +697,7 @@ class LaunchRunner:
                 bufsize=1,
                 env=environment,
                 start_new_session=True,
-                preexec_fn=_die_with_launcher_hook(),
+                preexec_fn=die_with_parent_hook(),
             )
         except (OSError, subprocess.SubprocessError) as error:
             self._emit(f"[ERROR] [{child.label}]: failed to start {shlex.join(child.command)}: {error}")

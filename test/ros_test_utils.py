@@ -1,7 +1,11 @@
 """Helpers shared by the tests that run ROS 2 nodes as processes."""
 
 import os
+import subprocess
+import sys
 import time
+
+from ros_vla.launcher import die_with_parent_hook
 
 
 def isolated_domain(offset: int) -> int:
@@ -22,3 +26,10 @@ def wait_until(condition, timeout_s: float = 10.0, poll_s: float = 0.05):
             return value
         time.sleep(poll_s)
     return None
+
+
+def start_node_process(module: str, *ros_args: str, **popen_options) -> subprocess.Popen:
+    """`python -m module --ros-args ...` as a child that gets SIGKILL if the test process
+    dies, so a crashed test run never leaves nodes running (and loading the CPU) behind."""
+    command = [sys.executable, "-m", module] + (["--ros-args", *ros_args] if ros_args else [])
+    return subprocess.Popen(command, preexec_fn=die_with_parent_hook(), **popen_options)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from ros_test_utils import isolated_domain, wait_until
+from ros_test_utils import isolated_domain, start_node_process, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
@@ -113,9 +112,9 @@ def scene():
 def checker(scene):
     isolated_domain(61)
     use_project_dds_profile()
-    node = subprocess.Popen([sys.executable, "-m", "ros_vla.nodes.attribute_checker_node", "--ros-args",
-                             "-p", f"views:=[{','.join(PUBLISHED)},{NEVER_PUBLISHED}]",
-                             "-p", f"stale_view_s:={STALE_VIEW_S}"])
+    node = start_node_process("ros_vla.nodes.attribute_checker_node",
+                              "-p", f"views:=[{','.join(PUBLISHED)},{NEVER_PUBLISHED}]",
+                              "-p", f"stale_view_s:={STALE_VIEW_S}")
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)

@@ -5,7 +5,6 @@ out to a stand-in arm, the result, the heatmap picture, affordances and refusals
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from ros_test_utils import isolated_domain, wait_until
+from ros_test_utils import isolated_domain, start_node_process, wait_until
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
@@ -107,8 +106,7 @@ def stack():
     rgb, depth = world.render(SCENE.camera("camera"))
     truth = world_truth(world)
     world.close()
-    process = subprocess.Popen([sys.executable, "-m", "ros_vla.nodes.cliport_node", "--ros-args",
-                                "-p", "frame_timeout_s:=5.0", "-p", "threads:=1"])
+    process = start_node_process("ros_vla.nodes.cliport_node", "-p", "frame_timeout_s:=5.0", "-p", "threads:=1")
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)

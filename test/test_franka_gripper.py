@@ -4,7 +4,6 @@ definitions from third_party/msgs where franka_ros2 is absent)."""
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +12,7 @@ import rclpy
 from franka_msgs.action import Grasp, Move
 from rclpy.action import ActionServer
 from rclpy.executors import MultiThreadedExecutor
-from ros_test_utils import isolated_domain, wait_until
+from ros_test_utils import isolated_domain, start_node_process, wait_until
 from std_msgs.msg import Float64, String
 
 from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
@@ -44,7 +43,7 @@ def gripper():
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    adapter = subprocess.Popen([sys.executable, "-m", "ros_vla.nodes.franka_gripper_node"])
+    adapter = start_node_process("ros_vla.nodes.franka_gripper_node")
     deadline = time.monotonic() + 20
     while command_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)

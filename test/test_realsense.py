@@ -20,7 +20,6 @@ import rclpy
 import os
 import signal
 import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -30,6 +29,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ros_test_utils import start_node_process
 from sensor_msgs.msg import CameraInfo, Image
 
 from ros_vla.nodes.common import SENSOR_QOS, STATUS_QOS
@@ -528,10 +528,9 @@ def test_node_publishes_a_recording_as_realsense_ros_does(recording):
     previous_domain = os.environ.get("ROS_DOMAIN_ID")
     # Before the node starts and rclpy initialises: never talk to another run's nodes.
     os.environ["ROS_DOMAIN_ID"] = str(101 + (os.getpid() + 97) % 131)
-    node_process = subprocess.Popen(
-        [sys.executable, "-m", "ros_vla.nodes.realsense_node", "--ros-args", "-r", "__ns:=/rs_test",
-         "-p", f"bag_file:={recording}", "-p", "frame_prefix:=rs_test_camera"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node_process = start_node_process(
+        "ros_vla.nodes.realsense_node", "-r", "__ns:=/rs_test", "-p", f"bag_file:={recording}",
+        "-p", "frame_prefix:=rs_test_camera", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("realsense_test_client", context=context)

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from geometry_msgs.msg import TransformStamped, TwistStamped
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 from rclpy.executors import SingleThreadedExecutor
+from ros_test_utils import start_node_process
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory
@@ -195,7 +195,7 @@ def synthetic_frame(index: int) -> np.ndarray:
 
 
 def start_node(*arguments: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ros_vla.nodes.rt1_policy_node", "--ros-args", *arguments])
+    return start_node_process("ros_vla.nodes.rt1_policy_node", *arguments)
 
 
 def stop_node(process: subprocess.Popen):
