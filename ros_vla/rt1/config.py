@@ -62,6 +62,14 @@ class RT1Config:
     # after every block and after a final 1x1 conv to `image_token_dim` channels.
     backbone: str = "efficientnet_b3"
     image_size: int = 300
+    # The backbone's total stride (timm's output_stride: 32, or 16 / 8 with dilated last
+    # stages). At 300 px and 32 the feature map is 10x10.
+    output_stride: int = 32
+    # A learned position per feature-map cell, added before TokenLearner. TokenLearner's
+    # tokens are attention-weighted sums of feature vectors, so they say where something
+    # is only as far as the features themselves do; ImageNet-trained features at 10x10
+    # carry that (RT-1 has no such embedding), features learned from scratch need it.
+    feature_positions: bool = False
     image_token_dim: int = 512
     instruction_embedding_dim: int = 384  # all-MiniLM-L6-v2
     # TokenLearner (Ryoo et al. 2021): a small MLP turns the feature map into this many
@@ -90,15 +98,22 @@ class RT1Config:
         CPU: TinyNet-E (Han et al. 2020, EfficientNet's MBConv blocks scaled down in width,
         depth and resolution; 10 blocks) on 96x96 images, 256-wide tokens, a 3-layer
         transformer with 4 heads of 64. EfficientNet-B0 at 128x128 (7.1 M) took 3.7x as
-        long per training step here."""
-        return cls(backbone="tinynet_e", image_size=96, image_token_dim=256,
-                   model_dim=256, num_layers=3, num_heads=4, head_dim=64)
+        long per training step here. Output stride 16 gives a 6x6 feature map (32 would
+        give 3x3, a cell 32 px wide for blocks 4 px wide) for 20 % more time per step,
+        and the map gets learned positions (trained from scratch)."""
+        return cls(backbone="tinynet_e", image_size=96, output_stride=16, feature_positions=True,
+                   image_token_dim=256, model_dim=256, num_layers=3, num_heads=4, head_dim=64)
 
     @classmethod
     def named(cls, name: str) -> RT1Config:
         if name not in ("paper", "small"):
             raise ValueError(f"unknown RT-1 config '{name}': paper or small")
         return getattr(cls, name)()
+
+    @property
+    def feature_map_size(self) -> int:
+        """Side of the backbone's feature map (timm pads so that it is the ceiling)."""
+        return -(-self.image_size // self.output_stride)
 
     @property
     def context_tokens(self) -> int:

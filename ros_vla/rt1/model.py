@@ -59,7 +59,8 @@ class FiLMEfficientNet(nn.Module):
 
     def __init__(self, config: RT1Config):
         super().__init__()
-        net = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        net = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="",
+                                output_stride=config.output_stride)
         # ImageNet normalisation lives in the graph, so every backend takes the same [0, 1] input.
         self.register_buffer("mean", torch.tensor(net.pretrained_cfg["mean"]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(net.pretrained_cfg["std"]).view(1, 3, 1, 1))
@@ -72,13 +73,16 @@ class FiLMEfficientNet(nn.Module):
         # the token width, and that output is FiLM-conditioned once more.
         self.to_token_dim = nn.Conv2d(net.num_features, config.image_token_dim, kernel_size=1, bias=False)
         self.output_film = FiLM(embedding_dim, config.image_token_dim)
+        side = config.feature_map_size
+        self.positions = (nn.Parameter(torch.randn(1, config.image_token_dim, side, side) * 0.02)
+                          if config.feature_positions else None)
 
     def forward(self, images: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         x = self.stem((images - self.mean) / self.std)
         for block, film in zip(self.blocks, self.block_films):
             x = film(block(x), embeddings)
-        x = self.to_token_dim(self.head(x))
-        return self.output_film(x, embeddings)
+        x = self.output_film(self.to_token_dim(self.head(x)), embeddings)
+        return x if self.positions is None else x + self.positions
 
 
 class TokenLearner(nn.Module):
@@ -220,6 +224,7 @@ def parameter_breakdown(model: RT1) -> dict[str, int]:
         "efficientnet": count(backbone.stem, backbone.blocks, backbone.head),
         "film_layers": count(backbone.block_films, backbone.output_film),
         "conv1x1_to_tokens": count(backbone.to_token_dim),
+        "feature_positions": 0 if backbone.positions is None else backbone.positions.numel(),
         "token_learner": count(model.frame_encoder.token_learner),
         "transformer_embeddings": count(decoder.token_embedding, decoder.position_embedding, decoder.action_queries),
         "transformer_layers": count(decoder.layers),
