@@ -111,6 +111,18 @@ def test_film_conditions_the_frame_tokens(small_model):
     assert not torch.allclose(a, b)
 
 
+@pytest.mark.parametrize("config", [RT1Config.paper(), SMALL], ids=["paper", "small"])
+def test_feature_map_has_the_configured_size_and_positions(config):
+    backbone = build_rt1(config).frame_encoder.film_efficientnet
+    with torch.inference_mode():
+        features = backbone(torch.rand(1, 3, config.image_size, config.image_size), torch.zeros(1, 384))
+    side = {"efficientnet_b3": 10, "tinynet_e": 6}[config.backbone]  # 300 px / 32, 96 px / 16
+    assert config.feature_map_size == side and features.shape == (1, config.image_token_dim, side, side)
+    assert (backbone.positions is not None) == config.feature_positions
+    if config.feature_positions:
+        assert backbone.positions.shape == features.shape
+
+
 def test_attention_is_causal_over_frames_and_queries_see_everything():
     mask = attention_mask(SMALL)
     assert mask.shape == (48 + 11, 48 + 11)

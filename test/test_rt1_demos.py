@@ -31,6 +31,8 @@ def test_demonstrations_have_the_documented_format_and_succeed(tmp_path, task):
         assert episode["images"].shape == (steps, 96, 96, 3) and episode["images"].dtype == np.uint8
         assert episode["actions"].shape == (steps, 11) and episode["actions"].dtype == np.float32
         assert episode["tokens"].shape == (steps, 11) and episode["tokens"].dtype == np.uint8
+        assert episode["target_px"].shape == (steps, 2) and episode["target_px"].dtype == np.float32
+        assert np.all((episode["target_px"] > 0) & (episode["target_px"] < 95)), "the named block is in view"
         assert tuple(episode["action_names"]) == ACTION_NAMES
         assert str(episode["instruction"]) == entry["instruction"] and task in str(episode["task"])
         actions = episode["actions"].astype(np.float64)

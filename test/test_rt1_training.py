@@ -29,11 +29,13 @@ def synthetic_episode(steps: int, seed: int, instruction: str = "pick up the red
     images = rng.integers(0, 256, (steps, SIZE, SIZE, 3), dtype=np.uint8)
     tokens = rng.integers(0, 256, (steps, len(ROBOT_ACTION_DIMENSIONS))).astype(np.uint8)
     tokens[:, 0] = MODES.index("arm")
-    return EpisodeData(f"pick_{seed:06d}.npz", "pick", instruction, images, tokens, "head")
+    target_px = rng.uniform(0, SIZE - 1, (steps, 2)).astype(np.float32)
+    return EpisodeData(f"pick_{seed:06d}.npz", "pick", instruction, images, tokens, "head", target_px)
 
 
 def write_recording(folder, episodes: list[EpisodeData], failed_seed: int | None = None):
-    """Episodes in the format `ros-vla demos rt1` writes (images at 2x the size, to be resized)."""
+    """Episodes in the format `ros-vla demos rt1` writes (images at 2x the size, to be resized,
+    and the target pixels with them)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for episode in episodes:
@@ -43,7 +45,7 @@ def write_recording(folder, episodes: list[EpisodeData], failed_seed: int | None
                             actions=tokenizer.detokenize(episode.tokens).astype(np.float32),
                             action_names=np.array(ACTION_NAMES), instruction=np.array(episode.instruction),
                             task=np.array(episode.task), seed=np.array(0), success=np.array(True),
-                            steps=np.array(episode.steps))
+                            steps=np.array(episode.steps), target_px=(episode.target_px + 0.5) * 2 - 0.5)
         success = failed_seed is None or episode.file != f"pick_{failed_seed:06d}.npz"
         lines.append(json.dumps({"file": episode.file, "task": episode.task, "success": success,
                                  "instruction": episode.instruction, "steps": episode.steps}))
@@ -84,11 +86,21 @@ def test_history_dropout_leaves_some_windows_only_their_newest_frame():
 def test_augmentation_is_one_shift_and_one_jitter_for_all_frames_of_a_chunk():
     frames = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     frames[1:] = frames[0]
-    shifted = augment(frames, np.random.default_rng(3), max_shift_px=3, jitter=0.2)
+    shifted, _ = augment(frames, np.random.default_rng(3), max_shift_px=3, jitter=0.2)
     assert shifted.shape == frames.shape and shifted.dtype == np.uint8
     assert not np.array_equal(shifted[0], frames[0])
     assert all(np.array_equal(shifted[i], shifted[0]) for i in range(1, 4))
-    assert np.array_equal(augment(frames, np.random.default_rng(3), 0, 0.0), frames)
+    unchanged, shift = augment(frames, np.random.default_rng(3), 0, 0.0)
+    assert np.array_equal(unchanged, frames) and not shift.any()
+
+
+def test_the_target_pixel_moves_with_the_shifted_image():
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    frames[:, 10, 20] = 255  # the block's pixel: (u, v) = (20, 10)
+    for seed in range(5):
+        shifted, (du, dv) = augment(frames, np.random.default_rng(seed), max_shift_px=4, jitter=0.0)
+        v, u = np.argwhere(shifted[0, :, :, 0] == 255)[0]
+        assert (u, v) == (20 + du, 10 + dv)
 
 
 def test_training_logits_equal_the_uncached_forward_over_each_window():
@@ -111,6 +123,7 @@ def test_loading_resizes_frames_and_leaves_out_failed_episodes(tmp_path):
     episodes = load_episodes(tmp_path / "head", ["pick", "push"], per_task=10, image_size=SIZE)
     assert [e.file for e in episodes] == ["pick_000000.npz", "pick_000002.npz"]
     assert episodes[0].images.shape == (5, SIZE, SIZE, 3) and episodes[0].source == "head"
+    assert np.allclose(episodes[0].target_px, synthetic_episode(5, 0).target_px, atol=1e-4)
     assert load_episodes(tmp_path / "head", ["pick"], per_task=1, image_size=SIZE)[0].file == "pick_000000.npz"
     with pytest.raises(FileNotFoundError, match="ros-vla demos rt1"):
         load_episodes(tmp_path / "nowhere", ["pick"], 1, SIZE)
@@ -140,6 +153,7 @@ def test_training_lowers_the_loss_writes_loadable_weights_and_resumes(tmp_path):
     assert saved["config"] == "small" and saved["training"]["training_episodes"] == 2
     assert saved["training"]["held_out_episodes"] == ["head/pick_000002.npz"]
     assert [e["iteration"] for e in saved["training"]["held_out_accuracy"]] == [15, 30]
+    assert all(0 <= e["target_error_px"] < 2 * SIZE for e in saved["training"]["held_out_accuracy"])
     assert model_config(out) == SMALL
     model = build_rt1(SMALL)
     model.load_state_dict(torch.load(out / "rt1.pt", weights_only=True))

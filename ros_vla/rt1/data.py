@@ -24,7 +24,9 @@ from PIL import Image
 
 @dataclass
 class EpisodeData:
-    """One recorded episode: frames uint8 [T, S, S, 3], tokens uint8 [T, 11]."""
+    """One recorded episode: frames uint8 [T, S, S, 3], tokens uint8 [T, 11], and where the
+    named block is in each frame, float32 [T, 2] (u, v) pixels, None in recordings made
+    before demos stored it."""
 
     file: str
     task: str
@@ -32,6 +34,7 @@ class EpisodeData:
     images: np.ndarray
     tokens: np.ndarray
     source: str  # the folder it came from (a camera placement, a robot configuration)
+    target_px: np.ndarray | None = None
 
     @property
     def steps(self) -> int:
@@ -41,12 +44,18 @@ class EpisodeData:
 @dataclass
 class Chunk:
     """Frames [F, S, S, 3] uint8, windows [W, history] indices into frames (oldest first),
-    targets [W, 11] tokens, and the episode's instruction."""
+    targets [W, 11] tokens, the episode's instruction, and the named block's pixel in each
+    frame [F, 2] (NaN where the recording has none)."""
 
     frames: np.ndarray
     windows: np.ndarray
     targets: np.ndarray
     instruction: str
+    target_px: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.target_px is None:
+            self.target_px = np.full((len(self.frames), 2), np.nan, np.float32)
 
 
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
@@ -71,9 +80,12 @@ def load_episodes(data_dir: str | Path, tasks: list[str], per_task: int, image_s
         chosen = [e for e in entries if e["task"] == task and (e["success"] or not successful_only)][:per_task]
         for entry in chosen:
             with np.load(data_dir / entry["file"]) as recorded:
+                scale = image_size / recorded["images"].shape[2]
+                target_px = ((recorded["target_px"] + 0.5) * scale - 0.5 if "target_px" in recorded.files
+                             else None)
                 episodes.append(EpisodeData(entry["file"], task, str(recorded["instruction"]),
                                             _resized(recorded["images"], image_size), recorded["tokens"].copy(),
-                                            data_dir.name))
+                                            data_dir.name, target_px))
     return episodes
 
 
@@ -100,14 +112,16 @@ def sample_chunk(episode: EpisodeData, chunk_steps: int, history: int, rng: np.r
     windows = np.stack([window_frame_indices(t, history) for t in range(start, stop)]) - first_frame
     dropped = rng.random(len(windows)) < history_dropout
     windows[dropped, :-1] = windows[dropped, -1:]
-    frames = augment(episode.images[first_frame:stop], rng, max_shift_px, jitter)
-    return Chunk(frames, windows, episode.tokens[start:stop].astype(np.int64), episode.instruction)
+    frames, shift = augment(episode.images[first_frame:stop], rng, max_shift_px, jitter)
+    target_px = None if episode.target_px is None else episode.target_px[first_frame:stop] + shift
+    return Chunk(frames, windows, episode.tokens[start:stop].astype(np.int64), episode.instruction, target_px)
 
 
-def augment(frames: np.ndarray, rng: np.random.Generator, max_shift_px: int, jitter: float) -> np.ndarray:
+def augment(frames: np.ndarray, rng: np.random.Generator, max_shift_px: int,
+            jitter: float) -> tuple[np.ndarray, np.ndarray]:
     """The same random translation (edge pixels repeated) and brightness/contrast change
-    for every frame given."""
-    out = frames
+    for every frame given; also the translation, (du, dv) pixels, that moves image content."""
+    out, dx, dy = frames, 0, 0
     if max_shift_px:
         dy, dx = rng.integers(-max_shift_px, max_shift_px + 1, 2)
         pad = max_shift_px
@@ -117,4 +131,5 @@ def augment(frames: np.ndarray, rng: np.random.Generator, max_shift_px: int, jit
     if jitter:
         gain, offset = 1 + rng.uniform(-jitter, jitter), 255 * rng.uniform(-jitter, jitter) / 2
         out = np.clip(out.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(out)
+    # Cropping at (pad + dy, pad + dx) moves the content by (-dx, -dy).
+    return np.ascontiguousarray(out), np.array([-dx, -dy], np.float32)

@@ -31,6 +31,9 @@ Files written to the output folder:
     tokens       uint8   [T, 11]       ActionTokenizer(ROBOT_ACTION_DIMENSIONS, 256).tokenize(actions)
     action_names str     [11]
     instruction  str     []            the same for every step of the episode
+    target_px    float32 [T, 2]        (u, v) of the named block's centre in each frame, in
+                                       SxS pixels: ground truth, for training's auxiliary
+                                       target loss only (never a policy input)
     task str [], seed int64 [], success bool [], steps int64 []
 - `index.jsonl`: one JSON object per episode file, {"file", "task", "seed", "instruction",
   "success", "steps", "detail", "wall_time_s"}; a rerun replaces the lines of the files
@@ -49,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ros_vla.perception.calibration import pose_inverse
 from ros_vla.robot.kinematics import forward_kinematics, xyz_rpy_from_pose
 from ros_vla.robot.motion import MotionConfig, apply_ee_delta, plan_joint_move
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, START_JOINT_POSITIONS, RT1Config
@@ -56,7 +60,7 @@ from ros_vla.rt1.control import command_from_action
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.goals import object_entry, pose_in_frame
 from ros_vla.sim.oracle import world_truth
-from ros_vla.sim.scene import SceneConfig
+from ros_vla.sim.scene import CameraSpec, SceneConfig
 from ros_vla.sim.world import SimWorld
 
 TASKS = ("pick", "push")
@@ -284,6 +288,7 @@ class Episode:
     success: bool
     detail: str
     wall_time_s: float
+    target_px: np.ndarray
 
     @property
     def file_name(self) -> str:
@@ -351,6 +356,15 @@ def make_oracle(world: SimWorld, task: str, seed: int, cfg: DemoConfig, objects=
     return PushOracle(world, cfg, goal.block, goal.bowl), goal.instruction
 
 
+def object_pixel(world: SimWorld, cam: CameraSpec, name: str, image_size: int) -> np.ndarray:
+    """(u, v) of an object's centre in the camera's frame resized to image_size x image_size
+    (pixel centres at integers), from ground truth (ORACLE)."""
+    position = next(o.position for o in world.object_poses() if o.name == name)
+    in_camera = pose_inverse(world.camera_pose(cam)) @ np.append(position, 1.0)
+    u, v, _ = cam.intrinsics @ (in_camera[:3] / in_camera[2])
+    return np.array([(u + 0.5) * image_size / cam.width - 0.5, (v + 0.5) * image_size / cam.height - 0.5], np.float32)
+
+
 def execute_action(world: SimWorld, action: np.ndarray, period_s: float, motion: MotionConfig) -> str:
     """Run one action as the stack would, then step one control period; why the arm's
     delta was refused, or ""."""
@@ -398,10 +412,11 @@ def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera"
         oracle, instruction = make_oracle(world, task, seed, cfg, objects)
         cam = scene.camera(camera)
         terminate = MODES.index("terminate")
-        images, actions, refusals = [], [], 0
+        images, targets, actions, refusals = [], [], [], 0
         while not actions or actions[-1][0] != terminate:
             rgb, _ = world.render(cam)
             images.append(np.asarray(Image.fromarray(rgb).resize((image_size, image_size), Image.BILINEAR)))
+            targets.append(object_pixel(world, cam, oracle.block, image_size))
             if len(actions) == cfg.step_budget(task) - 1:
                 action = terminate_action(oracle.gripper_m)  # out of time: stop; the judge decides
             elif controller is None:
@@ -417,7 +432,7 @@ def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera"
         actions = np.stack(actions)
         return Episode(task, seed, instruction, np.stack(images), actions,
                        tokenizer.tokenize(actions).astype(np.uint8), success, detail,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, np.stack(targets))
     finally:
         world.close()
 
@@ -425,6 +440,7 @@ def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera"
 def save_episode(episode: Episode, out_dir: Path) -> dict:
     np.savez_compressed(
         out_dir / episode.file_name, images=episode.images, actions=episode.actions, tokens=episode.tokens,
+        target_px=episode.target_px,
         action_names=np.array(ACTION_NAMES), instruction=np.array(episode.instruction), task=np.array(episode.task),
         seed=np.array(episode.seed, np.int64), success=np.array(episode.success),
         steps=np.array(len(episode.actions), np.int64))
