@@ -10,8 +10,14 @@ import torch
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
 from ros_vla.rt1.data import EpisodeData, augment, load_episodes, sample_chunk, window_frame_indices
-from ros_vla.rt1.demos import ACTION_NAMES, DemoConfig, Goal, draw_goal, run_episode
-from ros_vla.rt1.eval import PolicyController, model_config, teacher_forced_errors, with_distractors
+from ros_vla.rt1.demos import ACTION_NAMES, DemoConfig, Episode, Goal, draw_goal, run_episode
+from ros_vla.rt1.eval import (
+    PolicyController,
+    episodes_picture,
+    model_config,
+    teacher_forced_errors,
+    with_distractors,
+)
 from ros_vla.rt1.model import build_rt1
 from ros_vla.rt1.runtime import OnnxModel, OnnxRuntimeBackend, RT1Policy, TorchBackend
 from ros_vla.rt1.tokenizer import ActionTokenizer
@@ -225,3 +231,16 @@ def test_a_policy_chooses_every_action_of_a_closed_loop_episode():
     assert 1 <= steps <= 8 and len(controller.latencies_s) == min(steps, 7)
     assert episode.actions[-1][0] == MODES.index("terminate") and not episode.success
     assert episode.images.shape == (steps, SIZE, SIZE, 3)
+
+
+def test_the_episodes_picture_shows_a_success_and_a_failure_of_each_task():
+    def episode(seed, success):
+        images = np.full((4, SIZE, SIZE, 3), seed, np.uint8)
+        return Episode("pick", seed, "pick up the red block", images, np.zeros((4, 11), np.float32),
+                       np.zeros((4, 11), np.uint8), success, "", 0.0, np.zeros((4, 2), np.float32))
+
+    rows = episodes_picture([episode(1, False), episode(2, False), episode(3, True)], frames=2, scale=1)
+    assert rows.size == (2 * SIZE, 2 * (SIZE + 16))
+    # First row: the success (seed 3); second: the first failure (seed 1).
+    middle_of_row = [16 + SIZE // 2, 2 * 16 + SIZE + SIZE // 2]
+    assert [rows.getpixel((5, y)) for y in middle_of_row] == [(3, 3, 3), (1, 1, 1)]

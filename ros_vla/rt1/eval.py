@@ -43,7 +43,6 @@ from ros_vla.sim.scene import ObjectSpec, SceneConfig
 
 EVAL_FIRST_SEED = 10000
 DISTRACTOR_COLORS = ("orange", "cyan", "pink", "white", "brown")
-PICTURE_EPISODES_PER_TASK = 2
 PICTURE_FRAMES = 8
 
 
@@ -258,13 +257,15 @@ def teacher_forced_errors(model_dir: str | Path, data_dirs: list[str], tasks: li
     return {"model": str(model_dir), "arm_xy_error_mm_per_step": results}
 
 
-def episodes_picture(episodes, per_task: int = PICTURE_EPISODES_PER_TASK, frames: int = PICTURE_FRAMES,
-                     scale: int = 3) -> Image.Image:
-    """One row per episode: `frames` frames spread over it, as the policy saw them, with the
-    instruction and the outcome written above."""
+def episodes_picture(episodes, frames: int = PICTURE_FRAMES, scale: int = 3) -> Image.Image:
+    """For each task its first successful and its first failed episode (in seed order; two
+    of one kind where the other is missing), one row each: `frames` frames spread over the
+    episode, as the policy saw them, with the instruction and the outcome written above."""
     rows = []
     for task in dict.fromkeys(e.task for e in episodes):
-        rows += [e for e in episodes if e.task == task][:per_task]
+        of_task = [e for e in episodes if e.task == task]
+        firsts = [next((e for e in of_task if e.success == outcome), None) for outcome in (True, False)]
+        rows += [e for e in firsts if e is not None] if all(firsts) else of_task[:2]
     size = episodes[0].images.shape[1] * scale
     caption = 16
     sheet = Image.new("RGB", (size * frames, (size + caption) * len(rows)), (255, 255, 255))
