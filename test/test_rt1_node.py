@@ -32,7 +32,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ros_vla.launcher import parse_launch_file
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, STATUS_QOS
 from ros_vla.nodes.rt1_policy_node import START_SETTLE_S
-from ros_vla.paths import use_project_dds_profile
+from ros_vla.paths import package_share, use_project_dds_profile
 from ros_vla.perception.ros_messages import image_msg, matrix_from_transform
 from ros_vla.robot import panda
 from ros_vla.robot.kinematics import rotation_from_rpy
@@ -127,8 +127,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("launch", ["sim.launch.xml", "robot.launch.xml"])
 def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     """Off by default; with rt1:=true its parameter file sets every parameter the node
-    declares but model_dir, which comes from the rt1_model_dir launch argument (none by
-    default: no weights are shipped yet)."""
+    declares but model_dir, which comes from the rt1_model_dir launch argument: the shipped
+    policy (trained in simulation) in sim, none on the robot."""
     assert "rt1_policy" not in {n.name for n in parse_launch_file(ROOT / "launch" / launch)}
     node, = [n for n in parse_launch_file(ROOT / "launch" / launch, {"rt1": "true"}) if n.name == "rt1_policy"]
     assert node.executable == "rt1_policy_node"
@@ -138,7 +138,8 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     for parameter_file in node.parameter_files:
         in_file = set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"])
         assert in_file == declared - {"model_dir"}
-    assert node.parameters["model_dir"] == ""
+    shipped = str(package_share() / "models" / "rt1_small")
+    assert node.parameters["model_dir"] == (shipped if launch == "sim.launch.xml" else "")
     named = parse_launch_file(ROOT / "launch" / launch, {"rt1": "true", "rt1_model_dir": "/data/rt1_run"})
     assert next(n for n in named if n.name == "rt1_policy").parameters["model_dir"] == "/data/rt1_run"
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
@@ -244,3 +245,48 @@ def test_the_episodes_picture_shows_a_success_and_a_failure_of_each_task():
     # First row: the success (seed 3); second: the first failure (seed 1).
     middle_of_row = [16 + SIZE // 2, 2 * 16 + SIZE + SIZE // 2]
     assert [rows.getpixel((5, y)) for y in middle_of_row] == [(3, 3, 3), (1, 1, 1)]
+
+
+def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
+    """models/rt1_small on 5 held-out scenes, asked in turn for each of the 3 blocks: after 10
+    closed-loop steps from the start pose, is the hand closer (in xy, ground truth) to that
+    block than to the other two? A policy that ignored the instruction would go to the same
+    place whatever it was asked, right for at most one block per scene (5 of 15). Measured
+    here: 10 of 15 (blue 5, yellow 4, red 1: red is the colour it confuses)."""
+    from ros_vla.paths import model_dir
+    from ros_vla.robot.kinematics import forward_kinematics
+    from ros_vla.robot.motion import MotionConfig
+    from ros_vla.rt1.demos import execute_action, move_to_start
+    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.rt1.runtime import open_backend
+    from ros_vla.sim.goals import pose_in_frame
+    from ros_vla.sim.oracle import world_truth
+    from ros_vla.sim.world import SimWorld
+
+    folder = model_dir("rt1_small")
+    config = model_config(folder)
+    controller = PolicyController(RT1Policy(open_backend("onnxruntime", config, folder), config),
+                                  MiniLMInstructionEncoder())
+    camera, motion = SCENE.camera("camera"), MotionConfig()
+    blocks = [o for o in SCENE.objects if o.kind == "block"]
+    nearest_is_named = {}
+    for seed in range(10000, 10005):
+        for block in blocks:
+            world = SimWorld(SCENE, seed=seed)
+            try:
+                world.step(60)
+                move_to_start(world, motion)
+                controller.new_episode()
+                for _ in range(10):
+                    rgb, _ = world.render(camera)
+                    frame = Image.fromarray(rgb).resize((config.image_size,) * 2, Image.Resampling.BILINEAR)
+                    execute_action(world, controller(np.asarray(frame), f"pick up the {block.color} block"),
+                                   DemoConfig().period_s, motion)
+                hand_xy = forward_kinematics(world.arm_joint_state()[0])[:2, 3]
+                truth, link0 = world_truth(world), world.link_pose("fr3_link0")
+                distance = {o.name: round(float(np.linalg.norm(pose_in_frame(truth, o.name, link0)[0][:2]
+                                                               - hand_xy)), 3) for o in blocks}
+            finally:
+                world.close()
+            nearest_is_named[seed, block.name] = (min(distance, key=distance.get) == block.name, distance)
+    assert sum(right for right, _ in nearest_is_named.values()) >= 8, nearest_is_named
