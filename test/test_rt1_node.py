@@ -147,10 +147,11 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
 # ----------------------------------------------------------------- rt1_policy_node over DDS
 
 # The untrained small network's greedy actions are deterministic for a seed. With these
-# frames and this instruction, seed 8 picks arm mode at every step and seed 11 terminate at
-# once, by margins of at least 1.7 and 0.7 in the mode's logits (seed 0 drives the base, by 0.9).
-ARM_SEED = 8
-TERMINATE_SEED = 11
+# frames and this instruction, seed 87 picks arm mode at every step and seed 36 terminate at
+# once, by margins of at least 2.2 and 1.2 in the mode's logits (seed 0 drives the base, by 0.8).
+# Any change to the small config's network changes them (found by scanning seeds 0-119).
+ARM_SEED = 87
+TERMINATE_SEED = 36
 INSTRUCTION = "push the red block to the left"
 RATE_HZ = 5.0
 STALE_FRAME_S = 0.5
