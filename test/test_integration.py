@@ -17,6 +17,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_test_utils import isolated_domain, wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -83,7 +84,10 @@ def stack():
     client = StackClient("integration_test_client")
     node = client.node
     rec = {
-        "joints": Recorder(node, JointState, "/joint_states", COMMAND_QOS),
+        # A deep queue: the sensor test reads the stream's period from consecutive stamps,
+        # and a starved test process must not lose messages from a 10-deep one.
+        "joints": Recorder(node, JointState, "/joint_states",
+                           QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)),
         "odom": Recorder(node, Odometry, "/odom", COMMAND_QOS),
         "diagnostics": Recorder(node, DiagnosticArray, "/diagnostics", STATUS_QOS),
         "arm_status": Recorder(node, String, "/arm/status", STATUS_QOS),
@@ -157,8 +161,8 @@ def test_sensor_streams(stack):
     elapsed = time.monotonic() - t0
     joints = rec["joints"].since(t0)
     # The rate is checked in sim time, between consecutive stamps: on a loaded machine the
-    # simulation may run slower than the wall clock and this recorder may drop messages,
-    # but the publisher keeps its 10 ms period (2 or 3 physics steps of 1/240 s).
+    # simulation may run slower than the wall clock, but the publisher keeps its 10 ms
+    # period (2 or 3 physics steps of 1/240 s).
     gaps = np.diff([time_seconds(m.header.stamp) for m in joints])
     assert len(gaps) > 10 and (gaps > 0).all(), "joint_states stream with increasing stamps"
     assert 0.008 < gaps.min() < 0.013, f"joint_states 10 ms of sim time apart, not {gaps.min():.4f} s"
