@@ -289,4 +289,6 @@ def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
             finally:
                 world.close()
             nearest_is_named[seed, block.name] = (min(distance, key=distance.get) == block.name, distance)
-    assert sum(right for right, _ in nearest_is_named.values()) >= 8, nearest_is_named
+    right = sum(right for right, _ in nearest_is_named.values())
+    print(f"\nshipped rt1_small: hand nearest the block asked for in {right} of {len(nearest_is_named)}")
+    assert right >= 8, nearest_is_named

@@ -58,6 +58,12 @@ class Chunk:
             self.target_px = np.full((len(self.frames), 2), np.nan, np.float32)
 
 
+def rescaled_pixels(pixels: np.ndarray, scale) -> np.ndarray:
+    """(u, v) pixel coordinates (pixel centres at integers) in an image resized by `scale`
+    (one factor, or one per axis)."""
+    return ((np.asarray(pixels) + 0.5) * np.asarray(scale) - 0.5).astype(np.float32)
+
+
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
@@ -80,9 +86,8 @@ def load_episodes(data_dir: str | Path, tasks: list[str], per_task: int, image_s
         chosen = [e for e in entries if e["task"] == task and (e["success"] or not successful_only)][:per_task]
         for entry in chosen:
             with np.load(data_dir / entry["file"]) as recorded:
-                scale = image_size / recorded["images"].shape[2]
-                target_px = ((recorded["target_px"] + 0.5) * scale - 0.5 if "target_px" in recorded.files
-                             else None)
+                target_px = (rescaled_pixels(recorded["target_px"], image_size / recorded["images"].shape[2])
+                             if "target_px" in recorded.files else None)
                 episodes.append(EpisodeData(entry["file"], task, str(recorded["instruction"]),
                                             _resized(recorded["images"], image_size), recorded["tokens"].copy(),
                                             data_dir.name, target_px))

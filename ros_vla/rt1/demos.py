@@ -57,6 +57,7 @@ from ros_vla.robot.kinematics import forward_kinematics, xyz_rpy_from_pose
 from ros_vla.robot.motion import MotionConfig, apply_ee_delta, plan_joint_move
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, START_JOINT_POSITIONS, RT1Config
 from ros_vla.rt1.control import command_from_action
+from ros_vla.rt1.data import rescaled_pixels
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.goals import object_entry, pose_in_frame
 from ros_vla.sim.oracle import world_truth
@@ -362,7 +363,7 @@ def object_pixel(world: SimWorld, cam: CameraSpec, name: str, image_size: int) -
     position = next(o.position for o in world.object_poses() if o.name == name)
     in_camera = pose_inverse(world.camera_pose(cam)) @ np.append(position, 1.0)
     u, v, _ = cam.intrinsics @ (in_camera[:3] / in_camera[2])
-    return np.array([(u + 0.5) * image_size / cam.width - 0.5, (v + 0.5) * image_size / cam.height - 0.5], np.float32)
+    return rescaled_pixels([u, v], [image_size / cam.width, image_size / cam.height])
 
 
 def execute_action(world: SimWorld, action: np.ndarray, period_s: float, motion: MotionConfig) -> str:
