@@ -366,10 +366,10 @@ def test_recording_holds_the_robot_topics_with_full_schemas(recording):
     # starved CPU the cameras render late and sim_bridge takes several physics steps between
     # two joint states (4-30 Hz of sim time measured with 3 busy loops on 2 cores). That the
     # recorder lost nothing is checked above (dropped, and the counts against its summary).
-    for topic, (low, high) in {"/joint_states": (2, 120), "/tf": (2, 120), "/clock": (2, 60),
-                               **{topic: (2, 12) for topic in IMAGE_TOPICS}}.items():
-        rate = figures[topic][2]
-        assert figures[topic][0] >= 5 and low < rate < high, f"{topic}: {rate} Hz of sim time"
+    for topic, nominal_hz in {"/joint_states": 100, "/tf": 100, "/clock": 50,
+                              **{topic: 10 for topic in IMAGE_TOPICS}}.items():
+        count, _, rate = figures[topic]
+        assert count >= 5 and 2 < rate < 1.2 * nominal_hz, f"{topic}: {rate} Hz of sim time"
     assert len(by_topic["/tf_static"]) == 1  # latched before the recorder started
     sim_clock = [time_seconds(deserialize_message(m.data, Clock).clock) for m in by_topic["/clock"]]
     assert np.all(np.diff(sim_clock) > 0)
