@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
@@ -278,9 +277,8 @@ def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
                 move_to_start(world, motion)
                 controller.new_episode()
                 for _ in range(10):
-                    rgb, _ = world.render(camera)
-                    frame = Image.fromarray(rgb).resize((config.image_size,) * 2, Image.Resampling.BILINEAR)
-                    execute_action(world, controller(np.asarray(frame), f"pick up the {block.color} block"),
+                    rgb, _ = world.render(camera)  # the policy resizes it as the demonstrations did
+                    execute_action(world, controller(rgb, f"pick up the {block.color} block"),
                                    DemoConfig().period_s, motion)
                 hand_xy = forward_kinematics(world.arm_joint_state()[0])[:2, 3]
                 truth, link0 = world_truth(world), world.link_pose("fr3_link0")

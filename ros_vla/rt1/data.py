@@ -64,10 +64,18 @@ def rescaled_pixels(pixels: np.ndarray, scale) -> np.ndarray:
     return ((np.asarray(pixels) + 0.5) * np.asarray(scale) - 0.5).astype(np.float32)
 
 
+def square_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """An rgb8 image [H, W, 3] resized bilinearly to size x size: the frame the policy sees.
+    Demonstrations, training data and the runtime all resize with this."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[1:3] == (size, size):
         return images
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
+    return np.stack([square_rgb(im, size) for im in images])
 
 
 def load_episodes(data_dir: str | Path, tasks: list[str], per_task: int, image_size: int,

@@ -50,14 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ros_vla.perception.calibration import pose_inverse
 from ros_vla.robot.kinematics import forward_kinematics, xyz_rpy_from_pose
 from ros_vla.robot.motion import MotionConfig, apply_ee_delta, plan_joint_move
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, START_JOINT_POSITIONS, RT1Config
 from ros_vla.rt1.control import command_from_action
-from ros_vla.rt1.data import rescaled_pixels
+from ros_vla.rt1.data import rescaled_pixels, square_rgb
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.goals import object_entry, pose_in_frame
 from ros_vla.sim.oracle import world_truth
@@ -416,7 +415,7 @@ def run_episode(scene: SceneConfig, task: str, seed: int, camera: str = "camera"
         images, targets, actions, refusals = [], [], [], 0
         while not actions or actions[-1][0] != terminate:
             rgb, _ = world.render(cam)
-            images.append(np.asarray(Image.fromarray(rgb).resize((image_size, image_size), Image.BILINEAR)))
+            images.append(square_rgb(rgb, image_size))
             targets.append(object_pixel(world, cam, oracle.block, image_size))
             if len(actions) == cfg.step_budget(task) - 1:
                 action = terminate_action(oracle.gripper_m)  # out of time: stop; the judge decides

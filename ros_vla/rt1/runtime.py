@@ -267,13 +267,12 @@ class TensorRTBackend:
 def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
     """rgb8 image [H, W, 3] uint8 (a ROS Image as numpy) -> [3, size, size] float32 in [0, 1],
     resized bilinearly when it is not size x size already."""
+    from ros_vla.rt1.data import square_rgb
+
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an rgb8 image [H, W, 3] uint8, got {image.shape} {image.dtype}")
-    if image.shape[:2] != (size, size):
-        from PIL import Image
-
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    image = square_rgb(image, size)
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
 
 
