@@ -13,11 +13,13 @@ import time
 
 import numpy as np
 import pytest
+import rclpy
 import yaml
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_test_utils import isolated_domain, wait_until
 from rosgraph_msgs.msg import Clock
@@ -62,7 +64,7 @@ class Recorder:
     def __init__(self, node, msg_type, topic, qos, keep=None):
         self.messages = collections.deque(maxlen=keep)
         self.lock = threading.Lock()
-        self.subscription = node.create_subscription(msg_type, topic, self.store, qos)
+        node.create_subscription(msg_type, topic, self.store, qos)
 
     def store(self, msg):
         with self.lock:
@@ -164,15 +166,24 @@ def test_topics_have_the_real_robot_names_and_types(stack):
 
 
 def test_sensor_streams(stack):
-    client, rec, _ = stack
+    _, rec, _ = stack
     # A deep queue of its own: the period is read from consecutive stamps, and a starved
-    # test process must not lose messages from a 10-deep one.
-    every_joint_state = Recorder(client.node, JointState, "/joint_states",
-                                 QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
-    t0 = time.monotonic()
-    time.sleep(3.0)
-    elapsed = time.monotonic() - t0
-    client.node.destroy_subscription(every_joint_state.subscription)
+    # test process must not lose messages from a 10-deep one. On a node and executor of its
+    # own, spun here: taking a subscription away from the client's node while its executor
+    # thread waits on it can kill that thread, and with it every later test's input.
+    probe = rclpy.create_node("joint_state_period_probe")
+    executor = SingleThreadedExecutor()
+    executor.add_node(probe)
+    try:
+        every_joint_state = Recorder(probe, JointState, "/joint_states",
+                                     QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:
+            executor.spin_once(timeout_sec=0.05)
+        elapsed = time.monotonic() - t0
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
     joints = every_joint_state.since(t0)
     # The rate is checked in sim time, between consecutive stamps: on a loaded machine the
     # simulation may run slower than the wall clock, but the publisher keeps its 10 ms
