@@ -301,19 +301,33 @@ def test_ee_delta_stream_moves_then_holds(stack):
     delta.transform.rotation.w = 1.0
     # 10 cm up, one delta per control period (arm_motion carries out each over that period)
     period_s = yaml.safe_load(config_file("sim.yaml").read_text())["arm_motion"]["ros__parameters"]["ee_delta_period_s"]
+    t_stream = time.monotonic()
     for _ in range(10):
         pubs_time = time.monotonic()
         delta_pub.publish(delta)
         time.sleep(max(0.0, period_s - (time.monotonic() - pubs_time)))
-    # The stream stopped: the watchdog holds the arm where it is. Waiting for a joint state
-    # that shows the arm risen and at rest copes with a test process that reads them late.
-    wait_until(lambda: forward_kinematics(arm_q(rec))[2, 3] - start[2] > 0.05
-               and max(abs(v) for v in rec["joints"].latest().velocity[:7]) < 2e-3, 5.0)
-    moved = forward_kinematics(arm_q(rec))[:3, 3] - start
+    t_last = time.monotonic()
+
+    def stale_reports():
+        return [m for m in rec["diagnostics"].since(t_stream) for s in m.status
+                if s.name == "ros_vla: arm_motion" and s.message == "ee_delta stream went stale: holding position"]
+
+    # The stream stopped: arm_motion's watchdog holds the arm where it is. Judged in sim time
+    # from arm_motion's own report, so a test process that reads joint states late cannot
+    # mistake a pause between two deltas for the hold. A starved stream may go stale midway
+    # too; the hold judged is the newest report once its joint states are in.
+    time.sleep(max(0.0, t_last + 1.0 - time.monotonic()))
+    while True:
+        assert wait_until(stale_reports, 10.0), "arm_motion never reported the stale ee_delta stream"
+        stale_s = max(time_seconds(m.header.stamp) for m in stale_reports())
+        assert wait_until(lambda: joint_state_at(rec, stale_s + 1.3), 30.0), "no joint states after the hold"
+        if max(time_seconds(m.header.stamp) for m in stale_reports()) == stale_s:
+            break
+    held = positions(joint_state_at(rec, stale_s + 0.3))
+    later = positions(joint_state_at(rec, stale_s + 1.3))
+    moved = forward_kinematics(held)[:3, 3] - start
     assert 0.05 < moved[2] < 0.12 and np.abs(moved[:2]).max() < 0.01, moved
-    held = arm_q(rec)
-    time.sleep(0.5)
-    assert np.abs(arm_q(rec) - held).max() < 2e-3
+    assert np.abs(later - held).max() < 2e-3, "the arm drifted after the ee_delta stream stopped"
     t0 = time.monotonic()
     delta.transform.translation.z = math.nan
     delta_pub.publish(delta)
