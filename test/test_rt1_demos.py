@@ -7,7 +7,7 @@ import pytest
 
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS
-from ros_vla.rt1.demos import ACTION_NAMES, record_demonstrations
+from ros_vla.rt1.demos import ACTION_NAMES, DISTRACTOR_COLORS, record_demonstrations
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.scene import load_scene
 
@@ -41,3 +41,16 @@ def test_demonstrations_have_the_documented_format_and_succeed(tmp_path, task):
         assert np.all(np.abs(decoded - actions) <= tokenizer.bin_width() / 2 + 1e-6)
         assert actions[-1, 0] == MODES.index("terminate") and np.all(actions[:-1, 0] == MODES.index("arm"))
         assert episode["images"].std() > 10  # frames show a scene, not a blank
+
+
+def test_distractors_are_in_the_frames_and_never_named(tmp_path):
+    plain = record_demonstrations(SCENE, "pick", 1, tmp_path / "plain", first_seed=4, progress=False)
+    cluttered = record_demonstrations(SCENE, "pick", 1, tmp_path / "cluttered", first_seed=4, distractors=3,
+                                      progress=False)
+    assert plain[0]["distractors"] == 0 and cluttered[0]["distractors"] == 3
+    assert cluttered[0]["instruction"] == plain[0]["instruction"]
+    assert not any(color in cluttered[0]["instruction"] for color in DISTRACTOR_COLORS)
+    assert cluttered[0]["success"], cluttered[0]["detail"]
+    first_frames = [np.load(folder / "pick_000004.npz")["images"][0].astype(int)
+                    for folder in (tmp_path / "plain", tmp_path / "cluttered")]
+    assert np.abs(first_frames[0] - first_frames[1]).max() > 50, "the added objects are not in view"

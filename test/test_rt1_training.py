@@ -10,13 +10,12 @@ import torch
 from ros_vla.paths import config_file
 from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, RT1Config
 from ros_vla.rt1.data import EpisodeData, augment, load_episodes, sample_chunk, window_frame_indices
-from ros_vla.rt1.demos import ACTION_NAMES, DemoConfig, Episode, Goal, draw_goal, run_episode
+from ros_vla.rt1.demos import ACTION_NAMES, DemoConfig, Episode, Goal, draw_goal, run_episode, with_distractors
 from ros_vla.rt1.eval import (
     PolicyController,
     episodes_picture,
     model_config,
     teacher_forced_errors,
-    with_distractors,
 )
 from ros_vla.rt1.model import build_rt1
 from ros_vla.rt1.runtime import OnnxModel, OnnxRuntimeBackend, RT1Policy, TorchBackend

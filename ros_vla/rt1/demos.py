@@ -36,17 +36,17 @@ Files written to the output folder:
                                        target loss only (never a policy input)
     task str [], seed int64 [], success bool [], steps int64 []
 - `index.jsonl`: one JSON object per episode file, {"file", "task", "seed", "instruction",
-  "success", "steps", "detail", "wall_time_s"}; a rerun replaces the lines of the files
+  "success", "steps", "detail", "wall_time_s", "distractors"}; a rerun replaces the lines of the files
   it rewrites. Failed episodes are kept with "success": false so training can filter them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +60,14 @@ from ros_vla.rt1.data import rescaled_pixels, square_rgb
 from ros_vla.rt1.tokenizer import ActionTokenizer
 from ros_vla.sim.goals import object_entry, pose_in_frame
 from ros_vla.sim.oracle import world_truth
-from ros_vla.sim.scene import CameraSpec, SceneConfig
+from ros_vla.sim.scene import CameraSpec, ObjectSpec, SceneConfig
 from ros_vla.sim.world import SimWorld
 
 TASKS = ("pick", "push")
 CONTROL_RATE_HZ = 3.0
 ACTION_NAMES = tuple(d.name for d in ROBOT_ACTION_DIMENSIONS)
+# Colours no instruction names: objects added in them are distractors.
+DISTRACTOR_COLORS = ("orange", "cyan", "pink", "white", "brown")
 
 
 def _float32_inside(bound: float, inward: float) -> np.float32:
@@ -82,7 +84,7 @@ MAX_ARM_TURN_RAD = ROBOT_ACTION_DIMENSIONS[ACTION_NAMES.index("arm_yaw")].high
 GRIPPER_OPEN_M = ROBOT_ACTION_DIMENSIONS[ACTION_NAMES.index("gripper_opening")].high
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     period_s: float = 1.0 / CONTROL_RATE_HZ
     approach_height_m: float = 0.10  # TCP above the block before descending
@@ -277,7 +279,7 @@ class PushOracle(_Oracle):
         return push_success(world_truth(self.world), self.world.scene, self.block, self.bowl, self.cfg)
 
 
-@dataclass
+@dataclasses.dataclass
 class Episode:
     task: str
     seed: int
@@ -317,7 +319,7 @@ def push_success(truth: dict, scene: SceneConfig, block: str, bowl: str, cfg: De
                 f"{success_distance * 100:.1f} cm){'' if on_table else ', off the table'}")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Goal:
     """What an episode asks for: the block (and for push the bowl) and the instruction."""
 
@@ -330,6 +332,15 @@ class Goal:
         if self.task == "pick":
             return pick_success(truth, scene, self.block)
         return push_success(truth, scene, self.block, self.bowl, cfg)
+
+
+def with_distractors(scene: SceneConfig, count: int) -> SceneConfig:
+    """The scene with `count` objects added (blocks and bowls by turns) in DISTRACTOR_COLORS."""
+    unused = [c for c in DISTRACTOR_COLORS if c not in {o.color for o in scene.objects}]
+    if count > len(unused):
+        raise ValueError(f"at most {len(unused)} distractors (colours {', '.join(unused)}), asked for {count}")
+    extra = tuple(ObjectSpec("block" if i % 2 == 0 else "bowl", color) for i, color in enumerate(unused[:count]))
+    return dataclasses.replace(scene, objects=scene.objects + extra)
 
 
 def draw_goal(task: str, seed: int, objects) -> Goal:
@@ -455,8 +466,9 @@ def read_index(out_dir: Path) -> list[dict]:
 
 
 def record_demonstrations(scene: SceneConfig, task: str, episodes: int, out_dir: Path, first_seed: int = 0,
-                          camera: str = "camera", progress: bool = True) -> list[dict]:
-    """Record `episodes` episodes (seeds first_seed..) into out_dir; their index lines."""
+                          camera: str = "camera", distractors: int = 0, progress: bool = True) -> list[dict]:
+    """Record `episodes` episodes (seeds first_seed..) into out_dir, with `distractors`
+    objects added that no instruction names; their index lines."""
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -465,7 +477,8 @@ def record_demonstrations(scene: SceneConfig, task: str, episodes: int, out_dir:
     written = []
     with tqdm(total=episodes, desc=f"rt1 demos: {task}", unit="episode", disable=not progress) as bar:
         for seed in range(first_seed, first_seed + episodes):
-            entry = save_episode(run_episode(scene, task, seed, camera), out_dir)
+            episode = run_episode(with_distractors(scene, distractors), task, seed, camera, objects=scene.objects)
+            entry = {**save_episode(episode, out_dir), "distractors": distractors}
             entries[entry["file"]] = entry
             written.append(entry)
             # Rewritten after every episode so an interrupted run leaves a valid index.
@@ -486,9 +499,11 @@ def demos_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="folder for the episode files and index.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="episodes use scene seeds from here on")
     parser.add_argument("--camera", default="camera", help="the scene camera whose frames are recorded")
+    parser.add_argument("--distractors", type=int, default=0,
+                        help=f"objects added in colours no instruction names ({', '.join(DISTRACTOR_COLORS)})")
     args = parser.parse_args(argv)
     written = record_demonstrations(load_scene(config_file("scene_tabletop.yaml")), args.task, args.episodes,
-                                    Path(args.out), args.seed, args.camera)
+                                    Path(args.out), args.seed, args.camera, args.distractors)
     successes = sum(e["success"] for e in written)
     seconds = np.mean([e["wall_time_s"] for e in written]) if written else 0.0
     print(f"{args.task}: scripted success {successes}/{len(written)}, "

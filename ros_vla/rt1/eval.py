@@ -26,7 +26,6 @@ objects only).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import threading
 import time
@@ -37,12 +36,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ros_vla.rt1.config import RT1Config
-from ros_vla.rt1.demos import TASKS, DemoConfig, run_episode
+from ros_vla.rt1.demos import TASKS, DemoConfig, run_episode, with_distractors
 from ros_vla.rt1.runtime import BACKENDS, RT1Policy, open_backend
-from ros_vla.sim.scene import ObjectSpec, SceneConfig
+from ros_vla.sim.scene import SceneConfig
 
 EVAL_FIRST_SEED = 10000
-DISTRACTOR_COLORS = ("orange", "cyan", "pink", "white", "brown")
 PICTURE_FRAMES = 8
 
 
@@ -52,14 +50,6 @@ def model_config(model_dir: str | Path) -> RT1Config:
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: `ros-vla train rt1 --out {model_dir}` writes it")
     return RT1Config.named(json.loads(path.read_text())["config"])
-
-
-def with_distractors(scene: SceneConfig, count: int) -> SceneConfig:
-    unused = [c for c in DISTRACTOR_COLORS if c not in {o.color for o in scene.objects}]
-    if count > len(unused):
-        raise ValueError(f"at most {len(unused)} distractors (colours {', '.join(unused)}), asked for {count}")
-    extra = tuple(ObjectSpec("block" if i % 2 == 0 else "bowl", color) for i, color in enumerate(unused[:count]))
-    return dataclasses.replace(scene, objects=scene.objects + extra)
 
 
 class PolicyController:
