@@ -34,7 +34,8 @@ SCENE = next(i for i in range(100) if is_test_scene(i, BENCHMARK))
 PUBLISHED = ("cam_a", "cam_b", "cam_c")
 NEVER_PUBLISHED = "cam_missing"
 CAMERA_HZ = 5.0
-STALE_VIEW_S = 1.0
+# Longer than the stalls of a starved CI machine, which would otherwise leave a live view out.
+STALE_VIEW_S = 3.0
 
 
 class Harness:
@@ -158,7 +159,7 @@ def test_answers_about_the_rendered_object_with_the_views_it_has(checker, scene)
 
 def test_a_view_that_stops_is_left_out(checker, scene):
     checker.cameras(*PUBLISHED[:2])
-    time.sleep(STALE_VIEW_S + 0.5)
+    time.sleep(STALE_VIEW_S + 1.0)
     answer = checker.question("two-views", f"is the {KINDS[scene.kind]} {SIZES[scene.size]}?")
     assert answer["views"] == list(PUBLISHED[:2])
     assert f"{PUBLISHED[2]}: newest frame is" in answer["message"] and "s old" in answer["message"]
@@ -166,7 +167,7 @@ def test_a_view_that_stops_is_left_out(checker, scene):
 
 def test_no_fresh_view_means_cannot_see(checker):
     checker.cameras()
-    time.sleep(STALE_VIEW_S + 0.5)
+    time.sleep(STALE_VIEW_S + 1.0)
     answer = checker.question("blind", "is the block red?")
     assert answer["answer"] == "cannot_see" and answer["confidence"] == 0 and answer["views"] == []
     assert answer["message"].startswith("no usable camera view")

@@ -62,6 +62,7 @@ from ros_vla.robot.safety import WorkspaceBox
 DISCOVERY_DELAY_S = "5.0"
 DOMAIN_ID = 101 + (os.getpid() + 65) % 131
 RECORD_S = 3.0  # recorded once the recorder has subscribed to every EXPECTED_TYPES topic
+RERECORD_S = 1.0  # of the replay, recorded again
 VIEWS = ("camera", "side", "wrist")
 IMAGE_TOPICS = [f"/{v}/camera/{s}/image_raw" for v in VIEWS for s in ("color", "aligned_depth_to_color")]
 EXPECTED_TYPES = {
@@ -117,21 +118,30 @@ def percentile_ms(values_s, q) -> float:
 
 
 class Arrivals:
-    """Raw messages of one topic as they arrive, with their arrival (monotonic) times."""
+    """Raw messages of one topic as they arrive, with their arrival (monotonic) times and
+    the times their publisher sent them (DDS source timestamps, wall clock)."""
 
     def __init__(self, msg_type):
         self.msg_type = msg_type
         self._lock = threading.Lock()
         self._items: list[tuple[float, bytes]] = []
+        self._sent_s: list[float] = []
 
-    def add(self, data: bytes):
+    def add(self, data: bytes, info):
         with self._lock:
             self._items.append((time.monotonic(), data))
+            self._sent_s.append(info["source_timestamp"] / 1e9)
 
     @property
     def items(self) -> list[tuple[float, bytes]]:
         with self._lock:
             return list(self._items)
+
+    @property
+    def sent_s(self) -> np.ndarray:
+        """When the publisher sent each message: its pacing, whatever delays delivery here."""
+        with self._lock:
+            return np.array(self._sent_s)
 
     @property
     def count(self) -> int:
@@ -144,7 +154,11 @@ class Arrivals:
 
 
 class Probe:
-    """This test's ROS node: a private rclpy Context on DOMAIN_ID, spun by a thread."""
+    """This test's ROS node: a private rclpy Context on DOMAIN_ID, spun by a thread.
+
+    The thread spins one wait at a time under a lock that `forget` takes: destroying a
+    subscription while the executor waits on it can end the spinning thread (rclpy
+    InvalidHandle), and with it every later test's input."""
 
     def __init__(self):
         use_project_dds_profile()
@@ -154,12 +168,16 @@ class Probe:
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.node)
         self._entities = []
+        self._spin_lock = threading.Lock()
+        self._spinning = True
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self):
         try:
-            self._executor.spin()
+            while self._spinning and self.context.ok():
+                with self._spin_lock:
+                    self._executor.spin_once(timeout_sec=0.05)
         except ExternalShutdownException:
             pass
 
@@ -175,16 +193,18 @@ class Probe:
 
     def forget(self):
         """Drop this test's subscriptions and publishers (they would otherwise keep receiving)."""
-        for entity in self._entities:
-            if hasattr(entity, "publish"):
-                self.node.destroy_publisher(entity)
-            else:
-                self.node.destroy_subscription(entity)
-        self._entities.clear()
+        with self._spin_lock:
+            for entity in self._entities:
+                if hasattr(entity, "publish"):
+                    self.node.destroy_publisher(entity)
+                else:
+                    self.node.destroy_subscription(entity)
+            self._entities.clear()
 
     def close(self):
-        self._executor.shutdown(timeout_sec=2.0)
+        self._spinning = False
         self._thread.join(timeout=2.0)
+        self._executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
@@ -396,7 +416,7 @@ def test_replay_reproduces_topics_order_and_timing(recording, listener, tmp_path
     # A second recorder takes one second of the replay back to disk: --topics, --duration,
     # and a lossless record -> replay -> record round trip.
     rerecorder = start_bag("record_main", "-o", tmp_path / "again.mcap", "--topics", "/joint_states", "/tf_static",
-                           "--duration", "1.0")
+                           "--duration", str(RERECORD_S))
     summary = finish_bag(player)[0]
     rerecorded = finish_bag(rerecorder)[0]
     time.sleep(0.3)
@@ -415,17 +435,18 @@ def test_replay_reproduces_topics_order_and_timing(recording, listener, tmp_path
         remaining = iter(m.data for m in recorded[topic])
         assert all(any(data == r for r in remaining) for data in received), f"{topic}: out of order"
 
-    # Spacing as recorded: arrival offsets against log-time offsets (the constant delivery
-    # delay removed), for the 100 Hz joint states.
-    arrival = np.array([t for t, _ in exact["/joint_states"].items])
+    # Spacing as recorded: the player's send-time offsets against log-time offsets, for the
+    # 100 Hz joint states (send times, so a listener that a loaded machine serves in bursts
+    # judges the player's pacing, not its own).
+    sent_s = exact["/joint_states"].sent_s
     logged = np.array([m.log_time_ns for m in recorded["/joint_states"]]) / 1e9
-    logged = logged[len(logged) - len(arrival):]
-    error = (arrival - arrival[0]) - (logged - logged[0])
+    logged = logged[len(logged) - len(sent_s):]
+    error = (sent_s - sent_s[0]) - (logged - logged[0])
     error -= np.median(error)
-    stretch = (arrival[-1] - arrival[0]) / (logged[-1] - logged[0])
+    stretch = (sent_s[-1] - sent_s[0]) / (logged[-1] - logged[0])
     clock = [time_seconds(deserialize_message(data, Clock).clock) for _, data in exact["/clock"].items]
     print(f"replay: player lateness median {summary['lateness_median_ms']} ms, p99 {summary['lateness_p99_ms']} ms, "
-          f"max {summary['lateness_max_ms']} ms; /joint_states arrival vs recording: "
+          f"max {summary['lateness_max_ms']} ms; /joint_states sent vs recording: "
           f"median {percentile_ms(error, 50):.2f} ms, p99 {percentile_ms(error, 99):.2f} ms, "
           f"span ratio {stretch:.4f}; /clock {clock[0]:.3f} -> {clock[-1]:.3f} s")
     # Timing is reported above, not asserted to the millisecond (CI shares 2 cores); these
@@ -441,8 +462,10 @@ def test_replay_reproduces_topics_order_and_timing(recording, listener, tmp_path
     sent = [m.data for m in recorded["/joint_states"]]
     start = sent.index(again["/joint_states"][0].data)
     assert [m.data for m in again["/joint_states"]] == sent[start:start + len(again["/joint_states"])]
-    span_s = (again["/joint_states"][-1].log_time_ns - again["/joint_states"][0].log_time_ns) / 1e9
-    assert 0.7 < span_s < 1.3
+    # --duration counts from the recorder's first message; judged by the player's send
+    # times, which a stalled recorder (it may read a backlog late) leaves as they were.
+    span_s = (again["/joint_states"][-1].publish_time_ns - again["/joint_states"][0].publish_time_ns) / 1e9
+    assert 0.5 * RERECORD_S < span_s < 1.5 * RERECORD_S, span_s
 
 
 def test_replay_makes_clock_from_log_times_and_honours_rate(recording, listener, tmp_path):
@@ -465,20 +488,21 @@ def test_replay_makes_clock_from_log_times_and_honours_rate(recording, listener,
     received_data = [data for _, data in received.items]
     missed = len(sent) - len(received_data)  # before the subscription matched, if any
     assert 0 <= missed <= 5 and received_data == sent[missed:]
-    arrival = np.array([t for t, _ in received.items])
+    sent_s = received.sent_s
     recorded_span_s = (joints[-1].log_time_ns - joints[missed].log_time_ns) / 1e9
-    # Loose bounds: CI shares 2 cores; rate 1 would be off by a factor of 2.
-    assert arrival[-1] - arrival[0] == pytest.approx(recorded_span_s / 2, rel=0.3, abs=0.01)
+    # Judged by the player's send times; loose bounds as the player itself may be starved
+    # (CI shares 2 cores). Rate 1 would be off by a factor of 2.
+    assert sent_s[-1] - sent_s[0] == pytest.approx(recorded_span_s / 2, rel=0.3, abs=0.01)
     # One tick every 20 ms of wall time, carrying bag time on a grid of 2 x 20 ms from the
     # first message's log time, never past the last message.
     ticks = [(t, deserialize_message(data, Clock).clock) for t, data in clock.items]
     bag_ns = np.array([stamp.sec * 1_000_000_000 + stamp.nanosec for _, stamp in ticks]) - joints[0].log_time_ns
     assert np.all(np.diff(bag_ns) == 40_000_000) and bag_ns[0] % 40_000_000 == 0
     assert bag_ns[-1] <= joints[-1].log_time_ns - joints[0].log_time_ns
-    wall_s = ticks[-1][0] - ticks[0][0]
-    # Bag time at --rate 2. The wall times are arrival times at the listener, which a loaded
-    # CPU delivers in bursts (2.69 seen under load); the bound still tells 2 from 1 and 3.
-    assert (bag_ns[-1] - bag_ns[0]) / 1e9 / wall_s == pytest.approx(2.0, rel=0.45)
+    wall_s = clock.sent_s[-1] - clock.sent_s[0]
+    # Bag time at --rate 2 against the player's wall time when it sent the ticks; the bound
+    # allows for a starved player and still tells 2 from 1 and 3.
+    assert (bag_ns[-1] - bag_ns[0]) / 1e9 / wall_s == pytest.approx(2.0, rel=0.3)
 
 
 def test_arm_motion_plans_on_recorded_joint_states(recording, listener):
