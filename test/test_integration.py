@@ -97,6 +97,7 @@ def stack():
         "tf_static": Recorder(node, TFMessage, "/tf_static", LATCHED_QOS),
         "clock": Recorder(node, Clock, "/clock", COMMAND_QOS),
         "cmd_vel": Recorder(node, TwistStamped, "/cmd_vel", COMMAND_QOS),
+        "arm_controller": Recorder(node, JointTrajectory, "/fr3_arm_controller/joint_trajectory", COMMAND_QOS),
     }
     for view in VIEWS:
         rec[f"{view}/color"] = Recorder(node, Image, f"/{view}/camera/color/image_raw", SENSOR_QOS, keep=50)
@@ -178,7 +179,13 @@ def test_sensor_streams(stack):
         every_joint_state = Recorder(probe, JointState, "/joint_states",
                                      QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 3.0:
+
+        def enough():
+            return (len(every_joint_state.since(t0)) >= 50 and len(rec["clock"].since(t0)) >= 2
+                    and all(len(rec[f"{view}/color"].since(t0)) >= 2 for view in VIEWS))
+
+        # At least 3 s, longer where a loaded machine runs the simulation slowly.
+        while time.monotonic() - t0 < 3.0 or (not enough() and time.monotonic() - t0 < 30.0):
             executor.spin_once(timeout_sec=0.05)
         elapsed = time.monotonic() - t0
     finally:
@@ -329,7 +336,14 @@ def test_ee_delta_stream_moves_then_holds(stack):
     held = positions(joint_state_at(rec, stale_s + 0.3))
     later = positions(joint_state_at(rec, stale_s + 1.3))
     moved = forward_kinematics(held)[:3, 3] - start
-    assert 0.05 < moved[2] < 0.12 and np.abs(moved[:2]).max() < 0.01, moved
+    # Up 1 cm per delta arm_motion carried out (it keeps only the newest, and a starved
+    # machine may deliver two in one period): its trajectories of one period, not its holds.
+    carried_out = [m for m in rec["arm_controller"].since(t_stream)
+                   if time_seconds(m.points[-1].time_from_start) > 0.5 * period_s]
+    assert len(carried_out) >= 3, f"{len(carried_out)} of 10 deltas carried out"
+    # Short of 1 cm each by the controller's tracking lag, which the hold cuts off.
+    assert 0.006 * len(carried_out) < moved[2] < 0.012 * len(carried_out), (moved, len(carried_out))
+    assert np.abs(moved[:2]).max() < 0.01, moved
     assert np.abs(later - held).max() < 2e-3, "the arm drifted after the ee_delta stream stopped"
     t0 = time.monotonic()
     delta.transform.translation.z = math.nan

@@ -2,6 +2,7 @@
 goals are planned onto the preview topics and nothing reaches the controllers until the
 robot is armed through the ~/set_armed service."""
 
+import json
 import threading
 import time
 
@@ -77,21 +78,38 @@ def pose_goal(xyz):
     return msg
 
 
+def send_goal_until(goal_pub, goal: PoseStamped, received: dict, key: str, timeout_s: float = 30.0):
+    """Publish the goal until something arrives on `key`. The stand-in driver runs in this
+    process: a stall of it longer than robot.yaml's joint_state_timeout_s (0.2 s) makes
+    arm_motion refuse the goal for stale joint states, as it must. Any other refusal fails."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = len(received["arm_status"])
+        goal_pub.publish(goal)
+        if wait_until(lambda: received[key], 3.0):
+            return
+        statuses = [json.loads(m.data) for m in received["arm_status"][seen:]]
+        if received[key]:
+            return  # came just after the wait
+        refusals = [s["message"] for s in statuses if s["state"] == "refused"]
+        assert all("fresh /joint_states" in r for r in refusals), refusals
+    pytest.fail(f"nothing on {key} within {timeout_s} s of sending the goal")
+
+
 def test_starts_disarmed_and_only_previews(robot):
     client, received = robot
     node = client.node
     goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
     base_pub = node.create_publisher(TwistStamped, "/base/cmd_vel", COMMAND_QOS)
     assert wait_until(lambda: goal_pub.get_subscription_count() and base_pub.get_subscription_count(), 10.0)
-    goal_pub.publish(pose_goal([0.5, 0.0, 0.2]))
+    send_goal_until(goal_pub, pose_goal([0.5, 0.0, 0.2]), received, "preview")
+    assert wait_until(lambda: any("dry run" in m.data for m in received["arm_status"]), 15.0)
     command = TwistStamped()
     command.twist.linear.x = 0.2
     for _ in range(10):
         base_pub.publish(command)
         time.sleep(0.05)
-    assert wait_until(lambda: received["preview"], 10.0), "no preview of the planned motion"
-    assert wait_until(lambda: any("dry run" in m.data for m in received["arm_status"]), 5.0)
-    assert max(m.twist.linear.x for m in received["base_preview"]) > 0.0
+    assert wait_until(lambda: max(m.twist.linear.x for m in received["base_preview"]) > 0.0, 15.0)
     assert not received["controller"] and not received["cmd_vel"], "a disarmed robot was commanded"
 
 
@@ -102,9 +120,8 @@ def test_arming_service_sends_to_the_controller(robot):
         caller = node.create_client(SetBool, service)
         assert caller.wait_for_service(timeout_sec=10.0), service
         future = caller.call_async(SetBool.Request(data=True))
-        assert wait_until(future.done, 5.0) and future.result().success
+        assert wait_until(future.done, 15.0) and future.result().success
     goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
     assert wait_until(lambda: goal_pub.get_subscription_count(), 10.0)
-    goal_pub.publish(pose_goal([0.5, 0.1, 0.2]))
-    assert wait_until(lambda: received["controller"], 10.0), "armed, but nothing reached the controller"
-    assert wait_until(lambda: received["cmd_vel"], 5.0)
+    send_goal_until(goal_pub, pose_goal([0.5, 0.1, 0.2]), received, "controller")
+    assert wait_until(lambda: received["cmd_vel"], 15.0)
