@@ -9,7 +9,7 @@
   ros-vla bench sim [--json]             simulation and DDS performance
   ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
   ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
-  ros-vla demos rt1 --task pick|push -n N --out DIR   scripted (oracle) RT-1 demonstrations in sim
+  ros-vla demos rt1 --task pick|push -n N --out DIR [--distractors K]   scripted (oracle) RT-1 demonstrations in sim
   ros-vla train rt1 --data DIR[,DIR] --out DIR   train RT-1 (small config on CPU; resumable)
   ros-vla eval rt1 [--model DIR] [--task T] [--distractors K] [--json]   RT-1 closed loop in sim
   ros-vla demos cliport TASK -n N [--out DIR]        oracle pick-and-place demonstrations (heightmaps)
