@@ -6,10 +6,11 @@ them) but the actions come from the policy: the camera frame and the instruction
 greedy action tokens out, detokenized. The task's ORACLE only draws the instruction and
 judges the outcome at the end (pick: the block held >= 5 cm above the table; push: the block
 at the bowl's rim); the policy never sees ground truth. Seeds start at 10000, apart from
-the demonstrations' (0-199 and 1000-1149).
+the demonstrations' (0-299, 1000-1099 and 20000-20299).
 
-`--distractors K` adds K objects in colours that no training instruction names (blocks
-and bowls in turn), placed by the scene's spawner among the usual ones.
+`--distractors K` adds K objects in colours that no instruction names (blocks and bowls in
+turn, `demos.with_distractors`, as `ros-vla demos rt1 --distractors K` records them),
+placed by the scene's spawner among the usual ones.
 
 Writes results.json and episodes.png (frames of the first episodes of each task, as the
 policy saw them) to `--out`.
