@@ -318,9 +318,11 @@ def test_ee_delta_stream_moves_then_holds(stack):
         time.sleep(max(0.0, period_s - (time.monotonic() - pubs_time)))
     t_last = time.monotonic()
 
-    def stale_reports():
-        return [m for m in rec["diagnostics"].since(t_stream) for s in m.status
-                if s.name == "ros_vla: arm_motion" and s.message == "ee_delta stream went stale: holding position"]
+    def newest_stale_report_s():
+        """Stamp (sim time) of arm_motion's newest "went stale" report since the stream began."""
+        return max((time_seconds(m.header.stamp) for m in rec["diagnostics"].since(t_stream) for s in m.status
+                    if s.name == "ros_vla: arm_motion" and s.message == "ee_delta stream went stale: holding position"),
+                   default=None)
 
     # The stream stopped: arm_motion's watchdog holds the arm where it is. Judged in sim time
     # from arm_motion's own report, so a test process that reads joint states late cannot
@@ -328,10 +330,11 @@ def test_ee_delta_stream_moves_then_holds(stack):
     # too; the hold judged is the newest report once its joint states are in.
     time.sleep(max(0.0, t_last + 1.0 - time.monotonic()))
     while True:
-        assert wait_until(stale_reports, 10.0), "arm_motion never reported the stale ee_delta stream"
-        stale_s = max(time_seconds(m.header.stamp) for m in stale_reports())
+        assert wait_until(lambda: newest_stale_report_s() is not None, 10.0), (
+            "arm_motion never reported the stale ee_delta stream")
+        stale_s = newest_stale_report_s()
         assert wait_until(lambda: joint_state_at(rec, stale_s + 1.3), 30.0), "no joint states after the hold"
-        if max(time_seconds(m.header.stamp) for m in stale_reports()) == stale_s:
+        if newest_stale_report_s() == stale_s:
             break
     held = positions(joint_state_at(rec, stale_s + 0.3))
     later = positions(joint_state_at(rec, stale_s + 1.3))

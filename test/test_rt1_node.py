@@ -33,7 +33,7 @@ from ros_vla.launcher import parse_launch_file
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, STATUS_QOS
 from ros_vla.nodes.rt1_policy_node import START_SETTLE_S
 from ros_vla.paths import package_share, use_project_dds_profile
-from ros_vla.perception.ros_messages import image_msg, matrix_from_transform
+from ros_vla.perception.ros_messages import image_msg, matrix_from_transform, time_seconds
 from ros_vla.robot import panda
 from ros_vla.robot.kinematics import rotation_from_rpy
 from ros_vla.rt1.config import MODES, START_JOINT_POSITIONS, RT1Config
@@ -191,10 +191,6 @@ class Recorder:
             return [t for t, _ in self._items if t >= t0]
 
 
-def stamp_seconds(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def synthetic_frame(index: int) -> np.ndarray:
     """A 160x120 rgb8 gradient that shifts every frame (the node resizes it to 96x96)."""
     y, x = np.mgrid[0:120, 0:160]
@@ -252,7 +248,7 @@ class Harness:
                 self.camera_off.clear()
                 stamp = self.node.get_clock().now().to_msg()
                 self.camera_pub.publish(image_msg(synthetic_frame(index), "rgb8", stamp, "camera_color_optical_frame"))
-                self.last_frame_sent, self.last_frame_stamp_s = time.monotonic(), stamp_seconds(stamp)
+                self.last_frame_sent, self.last_frame_stamp_s = time.monotonic(), time_seconds(stamp)
                 index += 1
             else:
                 self.camera_off.set()
@@ -371,7 +367,7 @@ def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):
     time.sleep(2.5)
     # Keeps ticking, never faster than its rate (a slow CI machine may make it slower),
     # judged from the node's own stamps, so late delivery to this process cannot bunch them.
-    tick_stamps = [stamp_seconds(m.header.stamp) for m in outputs["base"].since(started)]
+    tick_stamps = [time_seconds(m.header.stamp) for m in outputs["base"].since(started)]
     assert len(tick_stamps) >= 2, f"{len(tick_stamps)} ticks in 2.5 s at {RATE_HZ} Hz"
     tick_rate_hz = (len(tick_stamps) - 1) / (tick_stamps[-1] - tick_stamps[0])
     assert tick_rate_hz <= 1.2 * RATE_HZ, f"ticks at {tick_rate_hz:.1f} Hz, rate_hz {RATE_HZ}"
@@ -399,7 +395,7 @@ def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):
 
     assert wait_until(loop_reports, 5.0), "no /diagnostics report of the running loop"
     message, values = loop_reports()[-1]
-    assert values["deadline_misses"].isdigit() and values["stale_frames"].isdigit()
+    assert int(values["deadline_misses"]) >= 0 and int(values["stale_frames"]) == 0
     assert 0 < float(values["latency_median_ms"]) <= float(values["latency_max_ms"])
     print(f"\nrt1_policy small/onnxruntime at {RATE_HZ:g} Hz: {message}; step latency median "
           f"{values['latency_median_ms']} ms, max {values['latency_max_ms']} ms; "
@@ -412,7 +408,7 @@ def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):
     stale_from_s = last_frame_stamp_s + STALE_FRAME_S
 
     def stamped_after_stale(recorder):
-        return [m for m in outputs[recorder].since(last_frame) if stamp_seconds(m.header.stamp) > stale_from_s]
+        return [m for m in outputs[recorder].since(last_frame) if time_seconds(m.header.stamp) > stale_from_s]
 
     assert wait_until(lambda: any(int(v.get("stale_frames", 0)) > int(values["stale_frames"])
                                   for _, v in stack.policy_reports(last_frame)), 10.0), "no stale frame counted"
@@ -420,7 +416,7 @@ def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):
     assert wait_until(lambda: len(stamped_after_stale("base")) >= 3, 10.0), "the loop stopped ticking"
     for command in outputs["base"].since(last_frame):
         assert (command.twist.linear.x, command.twist.linear.y, command.twist.angular.z) == (0.0, 0.0, 0.0)
-    late = [round(stamp_seconds(m.header.stamp) - last_frame_stamp_s, 2) for m in stamped_after_stale("ee_delta")]
+    late = [round(time_seconds(m.header.stamp) - last_frame_stamp_s, 2) for m in stamped_after_stale("ee_delta")]
     assert not late, f"arm deltas {late} s after the last frame"
     ended = stack.result("rt1-1", 0.0)
     assert ended is None or "max_duration_s" in ended["message"], f"the skill ended instead of waiting: {ended}"
