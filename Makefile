@@ -11,7 +11,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.py package.xml scripts/setup_env.sh scripts/build_msgs.sh
+$(STAMP): requirements.txt setup.py package.xml scripts/setup_env.sh scripts/build_msgs.sh $(shell find third_party/msgs -type f)
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 
