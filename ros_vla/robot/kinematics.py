@@ -149,6 +149,21 @@ def forward_kinematics(q) -> np.ndarray:
     return _joint_frames(_checked_joints(q))[-1] @ _LINK7_TO_TCP
 
 
+def tcp_positions(qs) -> np.ndarray:
+    """TCP positions (N, 3) in the base frame for N sets of 7 finite joint positions (N, 7):
+    `forward_kinematics` for many configurations at once (checking a whole path is cheap)."""
+    qs = np.asarray(qs, dtype=float).reshape(-1, _NUM_JOINTS)
+    count = len(qs)
+    frames = np.broadcast_to(np.eye(4), (count, 4, 4))
+    turn = np.zeros((count, 4, 4))
+    turn[:, 2, 2] = turn[:, 3, 3] = 1.0
+    for origin, angles in zip(_JOINT_ORIGINS, qs.T):
+        c, s = np.cos(angles), np.sin(angles)
+        turn[:, 0, 0], turn[:, 0, 1], turn[:, 1, 0], turn[:, 1, 1] = c, -s, s, c
+        frames = frames @ origin @ turn
+    return (frames @ _LINK7_TO_TCP)[:, :3, 3]
+
+
 def link_frames(q) -> dict[str, np.ndarray]:
     """4x4 pose in the base frame of every frame in `LINK_FRAME_NAMES` (link0 .. TCP)."""
     joint_frames = _joint_frames(_checked_joints(q))
