@@ -21,6 +21,7 @@ def data_tree(folder):
 NODES = [
     "sim_bridge_node",
     "sim_camera_node",
+    "safety_gate_node",
     "arm_motion_node",
     "base_motion_node",
     "instruction_node",

@@ -48,7 +48,7 @@ from ros_vla.bagfile import (
     playback_events,
 )
 from ros_vla.launcher import LaunchRunner, NodeSpec, parse_launch_file
-from ros_vla.nodes.bag import message_class
+from ros_vla.nodes.bag import ACTUATION_TOPICS, message_class
 from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 from ros_vla.paths import config_file, launch_file, use_project_dds_profile
 from ros_vla.perception.ros_messages import time_seconds
@@ -421,7 +421,11 @@ def test_replay_reproduces_topics_order_and_timing(recording, listener, tmp_path
     rerecorded = finish_bag(rerecorder)[0]
     time.sleep(0.3)
 
-    assert summary["messages"] == sum(len(m) for m in recorded.values()) and summary["clock"] == "recorded"
+    # Everything but the controller commands and /estop, which would bypass the safety gate.
+    assert "/cmd_vel" in recorded, "the sim stack's base commands were recorded"
+    replayable = {topic: m for topic, m in recorded.items() if topic not in ACTUATION_TOPICS}
+    assert not set(summary["topics"]) & set(ACTUATION_TOPICS)
+    assert summary["messages"] == sum(len(m) for m in replayable.values()) and summary["clock"] == "recorded"
     # Reliable topics: every message, in order, byte for byte -- after the subscription
     # matched the player's publisher, which a loaded machine may take longer than --delay.
     for topic, arrivals in exact.items():
@@ -523,7 +527,7 @@ def test_arm_motion_plans_on_recorded_joint_states(recording, listener):
     expected = plan_pose_goal(q_recorded, target, config)
     assert expected.ok, expected.message
 
-    trajectories = listener.listen("/fr3_arm_controller/joint_trajectory", JointTrajectory, COMMAND_QOS)
+    trajectories = listener.listen("/safety/joint_trajectory", JointTrajectory, COMMAND_QOS)
     statuses = listener.listen("/arm/status", String, STATUS_QOS)
     joints = listener.listen("/joint_states", JointState, SENSOR_QOS)
     goal_pub = listener.publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)

@@ -24,7 +24,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_test_utils import isolated_domain, wait_until
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Float64, String
 from tf2_msgs.msg import TFMessage
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -146,6 +146,11 @@ def positions(msg):
 
 def arm_q(rec):
     return positions(rec["joints"].latest())
+
+
+def finger_width(msg):
+    position = dict(zip(msg.name, msg.position))
+    return sum(position[n] for n in panda.FINGER_JOINT_NAMES)
 
 
 def trajectory(names, points):
@@ -292,6 +297,51 @@ def test_estop_halts_motion_and_refuses_goals(stack):
                                   for m in rec["arm_status"].since(t_stop)), 15.0)
     pubs["arm_trajectory"].publish(trajectory(panda.ARM_JOINT_NAMES, [(q0, 3.0)]))
     assert wait_until(lambda: np.abs(arm_q(rec) - q0).max() < 0.01, 20.0), "no motion after releasing /estop"
+
+
+def test_outside_clients_cannot_move_the_robot_under_estop(stack):
+    """With /estop true, commands published straight to the controller topics (past the
+    safety gate, as any other node or a replayed bag could) move neither arm, gripper nor
+    base: sim_bridge, the controller side, refuses them as the robot's stop would."""
+    client, rec, pubs = stack
+    node = client.node
+    gripper_pub = node.create_publisher(Float64, "/fr3_gripper/command", COMMAND_QOS)
+    cmd_vel_pub = node.create_publisher(TwistStamped, "/cmd_vel", COMMAND_QOS)
+    assert wait_until(lambda: gripper_pub.get_subscription_count() and cmd_vel_pub.get_subscription_count(), 10.0)
+    q0 = settled_arm_q(rec)
+    fingers0 = finger_width(rec["joints"].latest())
+    x0 = rec["odom"].latest().pose.pose.position.x
+    t_stop = time.monotonic()
+    pubs["estop"].publish(Bool(data=True))
+    try:
+        engaged = wait_until(lambda: [m for m in rec["diagnostics"].since(t_stop) for s in m.status
+                                      if s.name == "ros_vla: sim_bridge" and "emergency stop engaged" in s.message],
+                             15.0)
+        assert engaged, "sim_bridge never reported the emergency stop"
+        goal = q0.copy()
+        goal[0] += 0.3
+        drive = TwistStamped()
+        drive.twist.linear.x = 0.3
+        t_sent = time.monotonic()
+        for _ in range(20):  # a second of commands from outside the stack
+            pubs["controller"].publish(trajectory(panda.ARM_JOINT_NAMES, [(goal, 1.0)]))
+            gripper_pub.publish(Float64(data=0.0 if fingers0 > 0.04 else 0.08))
+            cmd_vel_pub.publish(drive)
+            time.sleep(0.05)
+        assert wait_until(lambda: [m for m in rec["diagnostics"].since(t_sent) for s in m.status
+                                   if s.name == "ros_vla: sim_bridge" and "emergency stop is engaged" in s.message],
+                          15.0), "sim_bridge did not report refusing the commands"
+        # Judged in sim time: 2 s after the newest joint state this process had when it stopped sending.
+        sent_s = time_seconds(rec["joints"].latest().header.stamp)
+        later = wait_until(lambda: joint_state_at(rec, sent_s + 2.0), 30.0)
+        assert later, "no joint states after the commands"
+        assert np.abs(positions(later) - q0).max() < 0.01, "an outside trajectory moved the arm under /estop"
+        assert abs(finger_width(later) - fingers0) < 0.005, "an outside gripper command moved the fingers"
+        assert abs(rec["odom"].latest().pose.pose.position.x - x0) < 0.005, "an outside /cmd_vel moved the base"
+    finally:
+        pubs["estop"].publish(Bool(data=False))
+    assert wait_until(lambda: [m for m in rec["diagnostics"].since(t_stop) for s in m.status
+                               if s.name == "ros_vla: sim_bridge" and "released" in s.message], 15.0)
 
 
 def test_ee_delta_stream_moves_then_holds(stack):

@@ -85,7 +85,21 @@ def test_parameter_files_parse_in_rcl(parameter_file):
     rclpy.shutdown(context=context)
 
 
-def test_robot_starts_disarmed():
-    sections = yaml.safe_load((ROOT / "config" / "robot.yaml").read_text())
-    assert sections["arm_motion"]["ros__parameters"]["armed"] is False
-    assert sections["base_motion"]["ros__parameters"]["armed"] is False
+def test_robot_starts_disarmed_and_must_be_armed_after_every_stop():
+    gate = yaml.safe_load((ROOT / "config" / "robot.yaml").read_text())["safety_gate"]["ros__parameters"]
+    assert gate["armed"] is False and gate["rearm_after_estop"] is True
+    assert gate["controller_manager"] and "fr3_arm_controller" in gate["stop_controllers"]
+
+
+@pytest.mark.parametrize("name", ["sim.yaml", "robot.yaml"])
+def test_the_gate_allows_what_the_planners_plan(name):
+    """arm_motion and base_motion plan within the safety gate's limits, or the gate would
+    refuse their own commands."""
+    sections = yaml.safe_load((ROOT / "config" / name).read_text())
+    gate, arm, base = (sections[key]["ros__parameters"] for key in ("safety_gate", "arm_motion", "base_motion"))
+    assert arm["velocity_scale"] <= gate["velocity_scale"] <= 1.0
+    assert all(g <= a for g, a in zip(gate["workspace_min"], arm["workspace_min"]))
+    assert all(a <= g for g, a in zip(gate["workspace_max"], arm["workspace_max"]))
+    for limit in ("max_linear", "max_angular", "max_linear_accel", "max_angular_accel"):
+        assert base[limit] <= gate[limit], limit
+    assert arm["joint_state_timeout_s"] == gate["joint_state_timeout_s"]

@@ -1,6 +1,6 @@
 """launch/robot.launch.xml starts disarmed: with a stand-in for the robot's drivers, motion
 goals are planned onto the preview topics and nothing reaches the controllers until the
-robot is armed through the ~/set_armed service."""
+safety gate is armed through its ~/set_armed service."""
 
 import json
 import threading
@@ -116,11 +116,10 @@ def test_starts_disarmed_and_only_previews(robot):
 def test_arming_service_sends_to_the_controller(robot):
     client, received = robot
     node = client.node
-    for service in ("/arm_motion/set_armed", "/base_motion/set_armed"):
-        caller = node.create_client(SetBool, service)
-        assert caller.wait_for_service(timeout_sec=10.0), service
-        future = caller.call_async(SetBool.Request(data=True))
-        assert wait_until(future.done, 15.0) and future.result().success
+    caller = node.create_client(SetBool, "/safety_gate/set_armed")
+    assert caller.wait_for_service(timeout_sec=10.0)
+    future = caller.call_async(SetBool.Request(data=True))
+    assert wait_until(future.done, 15.0) and future.result().success
     goal_pub = node.create_publisher(PoseStamped, "/arm/pose_goal", COMMAND_QOS)
     assert wait_until(lambda: goal_pub.get_subscription_count(), 10.0)
     send_goal_until(goal_pub, pose_goal([0.5, 0.1, 0.2]), received, "controller")

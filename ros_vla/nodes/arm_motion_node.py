@@ -2,17 +2,20 @@
 
 Inputs: arm/pose_goal (PoseStamped), arm/ee_delta (TransformStamped, streamed by
 closed-loop policies), arm/gripper (Float64 width, from policies), arm/pick_place (JSON),
-arm/joint_trajectory (checked, then forwarded), /estop (Bool), /joint_states.
-Output: /fr3_arm_controller/joint_trajectory and /fr3_gripper/command, or arm/preview/*
-while the arm is not armed (dry run).
+arm/joint_trajectory (checked, then forwarded), /estop (Bool), /joint_states, and the
+safety gate's safety/status (armed or dry run) and safety/refused.
+Output: safety/joint_trajectory and safety/gripper, which safety_gate checks again and
+forwards to the controllers while armed (to arm/preview/* in a dry run).
 Every refusal goes to arm/status, arm/result (for goals with an id) and /diagnostics.
 
 Callbacks only queue goals; one worker thread plans and executes them, so a long
-pick/place never blocks /estop, which halts the arm from its callback at once.
+pick/place never blocks /estop, which aborts the goal at once (the safety gate and the
+controllers hold the arm).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped, TransformStamped
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
@@ -29,18 +31,19 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ros_vla import protocol
 from ros_vla.nodes.common import (
     COMMAND_QOS,
+    LATCHED_QOS,
     SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
     Latest,
     QueueWorker,
     declare,
-    offer_arming_service,
     publish_json,
     run_node,
 )
-from ros_vla.perception.ros_messages import matrix_from_transform
+from ros_vla.perception.ros_messages import matrix_from_transform, time_seconds
 from ros_vla.robot import panda
+from ros_vla.robot.gate import ArmGateLimits, joint_state_positions
 from ros_vla.robot.motion import (
     MotionConfig,
     Plan,
@@ -77,7 +80,7 @@ class ArmMotionNode(Node):
     def __init__(self):
         super().__init__("arm_motion")
         p = declare(
-            self, armed=True, velocity_scale=0.4, workspace_min=[-0.2, -0.7, 0.0],
+            self, velocity_scale=0.4, workspace_min=[-0.2, -0.7, 0.0],
             workspace_max=[0.9, 0.7, 0.9], approach_height_m=0.12, place_clearance_m=0.03,
             ee_delta_timeout_s=0.5, ee_delta_period_s=0.1, joint_state_timeout_s=0.5,
             position_tolerance_rad=0.01, settle_timeout_s=3.0, gripper_settle_s=0.6,
@@ -89,7 +92,8 @@ class ArmMotionNode(Node):
             place_clearance_m=p["place_clearance_m"],
         )
         self.limits = JointLimits()
-        self.armed = bool(p["armed"])
+        self.state_limits = ArmGateLimits(workspace=self.cfg.workspace)
+        self.armed = False  # the safety gate's word, from safety/status; a dry run until it says
         self.ready_pose = np.asarray(p["ready_pose"], float)
         self.ee_delta_period_s = p["ee_delta_period_s"]
         self.ee_delta_watchdog = Watchdog(p["ee_delta_timeout_s"])
@@ -99,18 +103,16 @@ class ArmMotionNode(Node):
         self.gripper_settle_s = p["gripper_settle_s"]
         self.diag = Diagnostics(self)
 
-        self.controller_pub = self.create_publisher(
-            JointTrajectory, "fr3_arm_controller/joint_trajectory", COMMAND_QOS)
-        self.gripper_pub = self.create_publisher(Float64, "fr3_gripper/command", COMMAND_QOS)
-        self.preview_trajectory_pub = self.create_publisher(
-            JointTrajectory, "arm/preview/joint_trajectory", COMMAND_QOS)
-        self.preview_gripper_pub = self.create_publisher(Float64, "arm/preview/gripper", COMMAND_QOS)
+        self.trajectory_pub = self.create_publisher(JointTrajectory, "safety/joint_trajectory", COMMAND_QOS)
+        self.gripper_pub = self.create_publisher(Float64, "safety/gripper", COMMAND_QOS)
         self.status_pub = self.create_publisher(String, "arm/status", STATUS_QOS)
         self.result_pub = self.create_publisher(String, "arm/result", STATUS_QOS)
 
         self.joint_state = Latest()
         self.joint_state_received = Latest(0.0)
         self.estopped = threading.Event()
+        self.sent_stamp_s = Latest(None)  # stamp of the newest trajectory sent to the gate
+        self.gate_refusal = Latest("")  # the gate refused that trajectory: why
         self.current_goal_id = ""
         self.busy = threading.Event()  # a queued goal is executing: streamed deltas are refused
         self.holding_for_stale_delta = False
@@ -122,30 +124,46 @@ class ArmMotionNode(Node):
         self.create_subscription(String, "arm/pick_place", self.on_pick_place, COMMAND_QOS)
         self.create_subscription(JointTrajectory, "arm/joint_trajectory", self.on_joint_trajectory, COMMAND_QOS)
         self.create_subscription(Float64, "arm/gripper", self.on_gripper, COMMAND_QOS)
-        self.add_on_set_parameters_callback(self.on_parameters)
-        offer_arming_service(self)
+        self.create_subscription(String, "safety/status", self.on_gate_status, LATCHED_QOS)
+        self.create_subscription(String, "safety/refused", self.on_gate_refusal, STATUS_QOS)
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
         self.goals = QueueWorker(self, self.work, "motion")
-        self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
+        self.publish_status("idle", "ready")
 
     # ----------------------------------------------------------------- inputs
-    def on_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == "armed":
-                self.armed = bool(param.value)
-                self.get_logger().warning("arm ARMED: commands go to the controller" if self.armed
-                                          else "arm disarmed: dry run, commands go to arm/preview/*")
-        return SetParametersResult(successful=True)
+    def on_gate_status(self, msg: String):
+        try:
+            armed = json.loads(msg.data)["armed"]
+        except (ValueError, KeyError, TypeError):
+            self.diag.publish("warn", "ignoring a malformed safety/status")
+            return
+        if isinstance(armed, bool) and armed != self.armed:
+            self.armed = armed
+            self.get_logger().info("the safety gate is armed: motions reach the controller" if armed
+                                   else "dry run: the safety gate is not armed")
+
+    def on_gate_refusal(self, msg: String):
+        """The gate refused a trajectory: if it is ours, the motion waiting for it fails now."""
+        try:
+            refusal = json.loads(msg.data)
+            stamp, reason = float(refusal["stamp"]), str(refusal["reason"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if refusal.get("command") == "joint_trajectory" and stamp == self.sent_stamp_s.get():
+            self.gate_refusal.set(reason)
 
     def on_joint_state(self, msg: JointState):
+        """Only well-formed states: one with NaN or missing joints must not become "where the arm is"."""
+        _, problem = joint_state_positions(msg.name, msg.position, self.state_limits)
+        if problem:
+            return
         self.joint_state.set(msg)
         self.joint_state_received.set(time.monotonic())
 
     def on_estop(self, msg: Bool):
         if msg.data and not self.estopped.is_set():
             self.estopped.set()
-            self.hold_position()
             self.publish_status("stopped", "emergency stop: holding position, goals refused until /estop is false")
             self.diag.publish("error", "emergency stop engaged")
         elif not msg.data and self.estopped.is_set():
@@ -284,11 +302,16 @@ class ArmMotionNode(Node):
         if q_now is None or errors:
             self.refuse(self.current_goal_id, "trajectory refused: " + ("; ".join(errors) or "no joint state"))
             return False
-        (self.controller_pub if self.armed else self.preview_trajectory_pub).publish(self.trajectory_msg(plan))
+        self.publish_trajectory(self.trajectory_msg(plan))
         return True
 
+    def publish_trajectory(self, msg: JointTrajectory):
+        self.gate_refusal.set("")
+        self.sent_stamp_s.set(time_seconds(msg.header.stamp))
+        self.trajectory_pub.publish(msg)
+
     def send_gripper(self, width_m: float):
-        (self.gripper_pub if self.armed else self.preview_gripper_pub).publish(Float64(data=float(width_m)))
+        self.gripper_pub.publish(Float64(data=float(width_m)))
 
     def hold_position(self):
         """Replace whatever the controller is doing by staying where the arm is."""
@@ -296,8 +319,7 @@ class ArmMotionNode(Node):
         if q_now is None:
             self.diag.publish("error", "cannot hold position: no fresh /joint_states")
             return
-        plan = Plan([(q_now, 0.05)])
-        (self.controller_pub if self.armed else self.preview_trajectory_pub).publish(self.trajectory_msg(plan))
+        self.publish_trajectory(self.trajectory_msg(Plan([(q_now, 0.05)])))
 
     # ----------------------------------------------------------------- worker
     def work(self, goal: Goal):
@@ -336,12 +358,14 @@ class ArmMotionNode(Node):
             # Dry run: the planned motion is on arm/preview/joint_trajectory for inspection;
             # later steps would depend on the robot actually moving, so stop here.
             raise MotionAborted(f"dry run: '{what}' published on arm/preview/joint_trajectory, not executed "
-                                f"(arm with: ros2 param set /arm_motion armed true)")
+                                f"(arm with: ros2 param set /safety_gate armed true)")
         q_goal, duration = plan.points[-1]
         deadline = time.monotonic() + duration + self.settle_timeout_s
         while time.monotonic() < deadline:
             if self.estopped.is_set():
                 raise MotionAborted(f"{what}: interrupted by emergency stop")
+            if self.gate_refusal.get():
+                raise MotionAborted(f"{what}: the safety gate refused it: {self.gate_refusal.get()}")
             q_now = self.current_positions()
             if q_now is None:
                 self.hold_position()

@@ -1,7 +1,7 @@
 """`ros-vla record` and `ros-vla replay`: the robot's topics to and from rosbag2-compatible MCAP.
 
   ros-vla record [-o FILE] [--topics T ...] [--duration S] [--use-sim-time] [--json]
-  ros-vla replay FILE [--rate R] [--loop] [--topics T ...] [--delay S] [--json]
+  ros-vla replay FILE [--rate R] [--loop] [--topics T ...] [--delay S] [--include-actuation] [--json]
 
 Each runs one rclpy node in its own process (the CLI's). The recorder subscribes to every
 advertised topic (or the --topics list), also to topics that appear later, with raw
@@ -9,7 +9,9 @@ subscriptions: messages stay the CDR bytes that came off the wire, with no deser
 re-serialize of camera images. Its callbacks only stamp and queue those bytes; a writer
 thread writes the MCAP file (ros_vla/bagfile.py). The player republishes every message
 at its recorded time offset, divided by --rate, and drives /clock so nodes with
-use_sim_time follow the recording.
+use_sim_time follow the recording. It leaves out the controller command topics and /estop
+(ACTUATION_TOPICS) unless asked: they would reach the robot's controllers without the
+safety gate, and a replayed /estop false would release a stop someone pressed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from ros_vla.paths import use_project_dds_profile
 
 # The graph's own bookkeeping, not robot data (rosbag2 leaves them out too).
 EXCLUDED_TOPICS = ("/rosout", "/parameter_events")
+# Replayed only with --include-actuation: they bypass the safety gate, or release its stop.
+ACTUATION_TOPICS = ("/fr3_arm_controller/joint_trajectory", "/fr3_gripper/command", "/cmd_vel", "/estop")
 DISCOVERY_PERIOD_S = 0.2  # cheap: only new topics are looked at closely
 # Deep enough to absorb a second of executor hiccups at /joint_states' 100 Hz.
 RECORD_DEPTH = 100
@@ -341,6 +345,9 @@ def replay_main(argv: list[str] | None = None) -> int:
                         help="replay only these (a recorded /clock is always replayed: the recording's time base)")
     parser.add_argument("--delay", type=float, default=0.5,
                         help="seconds between creating the publishers and the first message, for discovery")
+    parser.add_argument("--include-actuation", action="store_true",
+                        help=f"also replay {', '.join(ACTUATION_TOPICS)}: straight to the controllers, past the "
+                             "safety gate (only where no robot is listening)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     args = parser.parse_args(argv)
     if args.rate <= 0:
@@ -356,6 +363,11 @@ def replay_main(argv: list[str] | None = None) -> int:
                 print(f"not in {args.file}: {' '.join(unknown)}; it has: {' '.join(topics)}", file=sys.stderr)
                 return 2
             topics = sorted(set(args.topics) | ({CLOCK_TOPIC} & set(bag.topics)))
+        left_out = [] if args.include_actuation else sorted(set(topics) & set(ACTUATION_TOPICS))
+        if left_out:
+            print(f"not replaying {' '.join(left_out)}: they bypass the safety gate (--include-actuation to "
+                  "replay them)", file=sys.stderr)
+            topics = [t for t in topics if t not in left_out]
         summary = replay(bag, topics, args.rate, args.loop, args.delay)
         rows = {t: (bag.topics[t].type_name, s["messages"], s["bytes"]) for t, s in summary["topics"].items()}
     print(f"replayed {summary['messages']} messages from {args.file} in {summary['duration_s']:.1f} s "

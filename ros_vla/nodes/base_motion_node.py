@@ -1,9 +1,9 @@
-"""base_motion_node: the only sender of /cmd_vel, with speed/acceleration limits and a watchdog.
+"""base_motion_node: base velocity requests and go-to-station, limited, with a watchdog.
 
 Inputs: base/cmd_vel (TwistStamped, from teleop or a policy), base/goto (String: a
-station name from the scene file), /odom, /estop. Output: /cmd_vel (TwistStamped) at a
-fixed rate, or base/preview/cmd_vel while not armed. A stale velocity command or /estop
-sends zero velocity on the next control tick.
+station name from the scene file), /odom, /estop. Output: safety/cmd_vel (TwistStamped)
+at a fixed rate, which safety_gate limits again and forwards to /cmd_vel while armed. A
+stale velocity command or /estop sends zero velocity on the next control tick.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import math
 import time
 
 import numpy as np
-from geometry_msgs.msg import Twist, TwistStamped
+from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import Bool, String
 
@@ -25,7 +24,6 @@ from ros_vla.nodes.common import (
     Diagnostics,
     Latest,
     declare,
-    offer_arming_service,
     publish_json,
     run_node,
 )
@@ -51,12 +49,10 @@ class BaseMotionNode(Node):
     def __init__(self):
         super().__init__("base_motion")
         p = declare(
-            self, armed=True, rate_hz=50.0, max_linear=0.5, max_angular=1.0, max_linear_accel=0.5,
+            self, rate_hz=50.0, max_linear=0.5, max_angular=1.0, max_linear_accel=0.5,
             max_angular_accel=1.5, cmd_timeout_s=0.5, odom_timeout_s=0.5, goto_gain=1.5,
             goto_position_tolerance_m=0.02, goto_yaw_tolerance_rad=0.03, goto_timeout_s=60.0, scene_file="",
-            cmd_vel_stamped=True,
         )
-        self.armed = bool(p["armed"])
         self.period_s = 1.0 / p["rate_hz"]
         self.limiter = BaseVelocityLimiter(p["max_linear"], p["max_angular"], p["max_linear_accel"],
                                            p["max_angular_accel"])
@@ -68,11 +64,7 @@ class BaseMotionNode(Node):
         self.stations = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml")).stations
         self.diag = Diagnostics(self)
 
-        # Jazzy and later bases take TwistStamped; older drivers plain Twist.
-        self.cmd_vel_stamped = bool(p["cmd_vel_stamped"])
-        cmd_type = TwistStamped if self.cmd_vel_stamped else Twist
-        self.cmd_pub = self.create_publisher(cmd_type, "cmd_vel", COMMAND_QOS)
-        self.preview_pub = self.create_publisher(cmd_type, "base/preview/cmd_vel", COMMAND_QOS)
+        self.cmd_pub = self.create_publisher(TwistStamped, "safety/cmd_vel", COMMAND_QOS)
         self.status_pub = self.create_publisher(String, "base/status", STATUS_QOS)
         self.command = Latest((0.0, 0.0, 0.0))
         self.odom_pose = Latest()
@@ -83,19 +75,11 @@ class BaseMotionNode(Node):
         self.create_subscription(String, "base/goto", self.on_goto, COMMAND_QOS)
         self.create_subscription(Odometry, "odom", self.on_odom, SENSOR_QOS)
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
-        self.add_on_set_parameters_callback(self.on_parameters)
-        offer_arming_service(self)
         self.create_timer(self.period_s, self.control)
-        self.publish_status("idle", "ready" if self.armed else "dry run: not armed")
-
-    def on_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == "armed":
-                self.armed = bool(param.value)
-        return SetParametersResult(successful=True)
+        self.publish_status("idle", "ready")
 
     def publish_status(self, state: str, message: str, **extra):
-        publish_json(self.status_pub, {"state": state, "message": message, "armed": self.armed,
+        publish_json(self.status_pub, {"state": state, "message": message,
                                        "station": self.goto[0] if self.goto else "", **extra})
 
     def on_cmd_vel(self, msg: TwistStamped):
@@ -110,7 +94,7 @@ class BaseMotionNode(Node):
     def on_goto(self, msg: String):
         station = msg.data.strip()
         if station not in self.stations:
-            self.publish_status("refused", f"unknown station '{station}'; known: {sorted(self.stations)}")
+            self.publish_status("refused", f"unknown station '{station[:80]}'; known: {sorted(self.stations)}")
             return
         if self.estopped:
             self.publish_status("refused", "emergency stop is engaged")
@@ -119,10 +103,14 @@ class BaseMotionNode(Node):
         self.publish_status("moving", f"going to {station}")
 
     def on_odom(self, msg: Odometry):
-        o = msg.pose.pose.orientation
-        rotation = matrix_from_quaternion([o.x, o.y, o.z, o.w])
-        self.odom_pose.set((msg.pose.pose.position.x, msg.pose.pose.position.y,
-                            math.atan2(rotation[1, 0], rotation[0, 0])))
+        o, position = msg.pose.pose.orientation, msg.pose.pose.position
+        try:
+            rotation = matrix_from_quaternion([o.x, o.y, o.z, o.w])
+        except ValueError:
+            return  # no orientation (a zero or NaN quaternion): not a pose to drive from
+        if not finite([position.x, position.y]):
+            return
+        self.odom_pose.set((position.x, position.y, math.atan2(rotation[1, 0], rotation[0, 0])))
         self.odom_watchdog.feed(time.monotonic())
 
     def on_estop(self, msg: Bool):
@@ -141,15 +129,11 @@ class BaseMotionNode(Node):
         self.publish_velocity((0.0, 0.0, 0.0))
 
     def publish_velocity(self, velocity):
-        twist = Twist()
-        twist.linear.x, twist.linear.y, twist.angular.z = (float(v) for v in velocity)
-        if self.cmd_vel_stamped:
-            msg = TwistStamped(twist=twist)
-            msg.header.stamp = self.get_clock().now().to_msg()
-            msg.header.frame_id = "base_link"
-        else:
-            msg = twist
-        (self.cmd_pub if self.armed else self.preview_pub).publish(msg)
+        msg = TwistStamped()
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z = (float(v) for v in velocity)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = "base_link"
+        self.cmd_pub.publish(msg)
 
     def goto_command(self, now: float):
         name, goal, started = self.goto

@@ -120,8 +120,11 @@ def offer_arming_service(node: Node):
     def set_armed(request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         result = node.set_parameters([Parameter("armed", value=bool(request.data))])[0]
         response.success = result.successful
-        response.message = ("armed: commands go to the robot" if request.data
-                            else "disarmed: dry run, commands go to the preview topics")
+        if not result.successful:
+            response.message = result.reason
+        else:
+            response.message = ("arming: commands go to the robot once it is armed" if request.data
+                                else "disarmed: dry run, commands go to the preview topics")
         return response
 
     return node.create_service(SetBool, "~/set_armed", set_armed)

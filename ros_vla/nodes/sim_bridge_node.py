@@ -5,6 +5,10 @@ Publishes what franka_ros2 and the base driver publish on the robot (/joint_stat
 /fr3_gripper/command, /cmd_vel). Object poses go to /sim/ground_truth/objects, for the
 simulated cameras (sim_camera_node) and evaluation only.
 
+Like the robot's own stop, /estop true holds the arm where it is, stops the base and
+refuses every arm, gripper and base command, whoever sends it, until /estop is false;
+each refusal is on /diagnostics.
+
 The simulation runs in its own thread; subscription callbacks only store commands.
 """
 
@@ -18,7 +22,7 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64, Int32, String
+from std_msgs.msg import Bool, Float64, Int32, String
 from tf2_msgs.msg import TFMessage
 from trajectory_msgs.msg import JointTrajectory
 
@@ -73,20 +77,26 @@ class SimBridgeNode(Node):
         self.pending_reset = Latest()
         self.base_command = Latest((0.0, 0.0, 0.0))
         self.base_watchdog = Watchdog(p["cmd_vel_timeout_s"])
+        self.estop = Latest(False)
+        self.estop_engaged = False  # as the simulation loop last acted on it
         self.create_subscription(JointTrajectory, "fr3_arm_controller/joint_trajectory",
                                  self.pending_trajectory.set, COMMAND_QOS)
         self.create_subscription(Float64, "fr3_gripper/command", lambda m: self.pending_gripper.set(m.data),
                                  COMMAND_QOS)
         self.create_subscription(TwistStamped, "cmd_vel", self.on_cmd_vel, COMMAND_QOS)
+        self.create_subscription(Bool, "estop", lambda m: self.estop.set(bool(m.data)), COMMAND_QOS)
         self.create_subscription(Int32, "sim/reset", lambda m: self.pending_reset.set(m.data), COMMAND_QOS)
 
         self.publish_static_transforms()
-        self.stats = {"refused_trajectories": 0}
+        self.stats = {"refused_trajectories": 0, "refused_under_estop": 0}
         self._running = True
         self._thread = start_worker(self, self.simulate, "simulation")
 
     # ----------------------------------------------------------------- commands
     def on_cmd_vel(self, msg: TwistStamped):
+        if self.estop.get():
+            self.stats["refused_under_estop"] += 1
+            return
         self.base_command.set((msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z))
         self.base_watchdog.feed(time.monotonic())
 
@@ -104,11 +114,41 @@ class SimBridgeNode(Node):
         ordered = [(reorder_positions(msg.joint_names, q, panda.ARM_JOINT_NAMES), t) for q, t in points]
         self.world.set_arm_trajectory(ordered)
 
+    def apply_estop(self) -> bool:
+        """The robot's own stop: True while engaged (the arm held, the base stopped, and
+        every arm and gripper command that arrives refused)."""
+        engaged = self.estop.get()
+        if engaged and not self.estop_engaged:
+            q_now, _ = self.world.arm_joint_state()
+            self.world.set_arm_trajectory([(q_now, 0.05)])
+            self.world.set_base_velocity(0.0, 0.0, 0.0)
+            self.base_command.set((0.0, 0.0, 0.0))
+            self.diag.publish("error", "emergency stop engaged: arm held, base stopped, "
+                                       "every arm, gripper and base command refused")
+        elif self.estop_engaged and not engaged:
+            self.diag.publish("ok", "emergency stop released: commands accepted again")
+        self.estop_engaged = engaged
+        if engaged:
+            for what, pending in (("joint trajectory", self.pending_trajectory), ("gripper command",
+                                                                                 self.pending_gripper)):
+                if pending.take() is not None:
+                    self.stats["refused_under_estop"] += 1
+                    self.diag.publish("error", f"refused {what}: the emergency stop is engaged")
+            self.world.set_base_velocity(0.0, 0.0, 0.0)
+        return engaged
+
     def apply_commands(self):
+        if self.apply_estop():
+            if self.pending_reset.take() is not None:
+                self.diag.publish("error", "refused scene reset: the emergency stop is engaged")
+            return
         reset_seed = self.pending_reset.take()
         if reset_seed is not None:
-            self.world.reset(int(reset_seed))
-            self.get_logger().info(f"scene reset with seed {reset_seed}")
+            if reset_seed < 0:
+                self.diag.publish("error", f"refused scene reset with seed {reset_seed}: seeds are 0 or more")
+            else:
+                self.world.reset(int(reset_seed))
+                self.get_logger().info(f"scene reset with seed {reset_seed}")
         trajectory = self.pending_trajectory.take()
         if trajectory is not None:
             self.apply_trajectory(trajectory)
@@ -163,6 +203,7 @@ class SimBridgeNode(Node):
         self.diag.publish("ok" if rtf > 0.9 * max(self.real_time_factor, 0.01) else "warn",
                           f"real-time factor {rtf:.2f}", real_time_factor=f"{rtf:.3f}",
                           refused_trajectories=self.stats["refused_trajectories"],
+                          refused_under_estop=self.stats["refused_under_estop"], estop=self.estop_engaged,
                           held_object=self.world.held_object() or "")
 
     # ----------------------------------------------------------------- publishing
