@@ -8,6 +8,9 @@
   ros-vla replay FILE [--rate R] [--loop]  republish a recording with its timing (and /clock)
   ros-vla bench sim [--json]             simulation and DDS performance
   ros-vla bench rt1 [--json] [--config paper|small]   RT-1 control-step latency per backend
+  ros-vla bench fuzz [--inputs N] [--json]   bad inputs on every topic; what reaches the controllers
+  ros-vla bench faults [--json]          kill planner, CLIPort, arm_motion, a camera mid-task; recovery
+  ros-vla bench soak [--minutes 10]      the sim stack under an instruction stream: memory, drops, misses
   ros-vla eval oracle [--episodes N] [--json]   ground-truth pick-and-place baseline, headless
   ros-vla demos rt1 --task pick|push -n N --out DIR [--distractors K]   scripted (oracle) RT-1 demonstrations in sim
   ros-vla train rt1 --data DIR[,DIR] --out DIR   train RT-1 (small config on CPU; resumable)
@@ -118,6 +121,9 @@ METHOD_COMMANDS = {
     ("eval", "rt1"): "ros_vla.rt1.eval:main",
     ("eval", "saycan"): "ros_vla.saycan.eval:main",
     ("bench", "saycan"): "ros_vla.saycan.bench:main",
+    ("bench", "fuzz"): "ros_vla.nodes.bench_fuzz:main",
+    ("bench", "faults"): "ros_vla.nodes.bench_faults:main",
+    ("bench", "soak"): "ros_vla.nodes.bench_soak:main",
     ("train", "saycan-lm"): "ros_vla.saycan.train_lm:main",
     ("train", "saycan-value"): "ros_vla.saycan.affordance:train_main",
     ("demos", "saycan-value"): "ros_vla.saycan.affordance:data_main",

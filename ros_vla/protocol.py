@@ -25,6 +25,8 @@ Topics (relative names; the launch files put them in the root namespace):
 | arm/status, base/status   | String (JSON)      | {state, message, ...}                                |
 | base/goto                 | String             | station name (config: stations)                      |
 | base/cmd_vel              | TwistStamped       | base velocity request, limited then sent to /cmd_vel |
+| safety/status             | String (JSON)      | latched: {armed, estop, forwarding, controllers, message, refused} |
+| safety/refused            | String (JSON)      | {command, stamp, reason}: a command the gate did not forward |
 | /fr3_gripper/command      | Float64            | gripper opening width in metres (0 = grasp)          |
 | speech/status             | String (JSON)      | {text, confidence, source, heard, accepted, duration_s} |
 | /sim/ground_truth/objects | String (JSON)      | sim only: {stamp, frame, base_pose, objects:[...]}   |
@@ -33,11 +35,14 @@ Topics (relative names; the launch files put them in the root namespace):
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 TASK_STATES = ("received", "executing", "succeeded", "failed", "refused", "stopped")
 TERMINAL_TASK_STATES = ("succeeded", "failed", "refused", "stopped")
 MAX_INSTRUCTION_CHARS = 500
+MAX_SCENE_EXTENT_M = 1000.0  # simulator poses further out than this are not the simulator's
+MAX_AFFORDANCE_TEXTS = 64  # one query is one planning step's skills, not a flood
 
 
 class ProtocolError(ValueError):
@@ -55,8 +60,33 @@ _REQUIRED = {
     "affordance": {"id": str, "source": str, "values": list},
     "attribute_query": {"id": str, "question": str},
     "attribute_answer": {"id": str, "answer": str, "confidence": (int, float), "views": list},
+    "base_status": {"state": str, "message": str},
+    "safety_status": {"armed": bool, "estop": bool, "forwarding": bool},
+    "safety_refusal": {"command": str, "stamp": (int, float), "reason": str},
 }
 ATTRIBUTE_ANSWERS = ("yes", "no", "cannot_see")
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_ground_truth(truth: dict) -> None:
+    seed = truth.get("seed", 0)
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ProtocolError("ground_truth: seed must be an integer >= 0")
+    if not (isinstance(truth["base_pose"], list) and len(truth["base_pose"]) == 3
+            and all(_finite_number(v) and abs(v) < MAX_SCENE_EXTENT_M for v in truth["base_pose"])):
+        raise ProtocolError("ground_truth: base_pose must be three finite numbers within the scene")
+    for entry in truth["objects"]:
+        position, rotation = (entry.get("position"), entry.get("orientation_xyzw")) if isinstance(entry, dict) \
+            else (None, None)
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(position, list) and len(position) == 3
+                and all(_finite_number(v) and abs(v) < MAX_SCENE_EXTENT_M for v in position)
+                and isinstance(rotation, list) and len(rotation) == 4 and all(_finite_number(v) for v in rotation)
+                and 0.5 < math.hypot(*rotation) < 2.0):
+            raise ProtocolError("ground_truth: each object needs a name, a position in the scene and a rotation")
 
 
 def encode(kind: str, payload: dict[str, Any]) -> str:
@@ -67,8 +97,10 @@ def encode(kind: str, payload: dict[str, Any]) -> str:
 def decode(kind: str, text: str) -> dict[str, Any]:
     try:
         payload = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ProtocolError(f"{kind}: not JSON ({err})") from err
+    except (ValueError, TypeError) as err:  # ValueError: bad JSON, or an integer too long to read
+        raise ProtocolError(f"{kind}: not JSON ({str(err)[:100]})") from err
+    except RecursionError as err:
+        raise ProtocolError(f"{kind}: JSON nested too deeply") from err
     if not isinstance(payload, dict):
         raise ProtocolError(f"{kind}: expected a JSON object")
     for field, expected in _REQUIRED[kind].items():
@@ -81,16 +113,20 @@ def decode(kind: str, text: str) -> dict[str, Any]:
         for key in ("pick", "place"):
             target = payload[key]
             xyz = target.get("xyz")
-            if not (isinstance(xyz, list) and len(xyz) == 3 and all(isinstance(v, (int, float)) for v in xyz)):
-                raise ProtocolError(f"pick_place: '{key}.xyz' must be three numbers")
-            if not isinstance(target.get("yaw", 0.0), (int, float)):
-                raise ProtocolError(f"pick_place: '{key}.yaw' must be a number")
+            if not (isinstance(xyz, list) and len(xyz) == 3 and all(_finite_number(v) for v in xyz)):
+                raise ProtocolError(f"pick_place: '{key}.xyz' must be three finite numbers")
+            if not _finite_number(target.get("yaw", 0.0)):
+                raise ProtocolError(f"pick_place: '{key}.yaw' must be a finite number")
     if kind == "affordance_query" and not all(isinstance(t, str) for t in payload["texts"]):
         raise ProtocolError("affordance_query: 'texts' must be a list of strings")
-    if kind == "affordance" and not all(isinstance(v, (int, float)) for v in payload["values"]):
-        raise ProtocolError("affordance: 'values' must be a list of numbers")
+    if kind == "affordance_query" and len(payload["texts"]) > MAX_AFFORDANCE_TEXTS:
+        raise ProtocolError(f"affordance_query: at most {MAX_AFFORDANCE_TEXTS} texts")
+    if kind == "affordance" and not all(_finite_number(v) for v in payload["values"]):
+        raise ProtocolError("affordance: 'values' must be a list of finite numbers")
     if kind == "attribute_answer" and payload["answer"] not in ATTRIBUTE_ANSWERS:
         raise ProtocolError(f"attribute_answer: answer must be one of {ATTRIBUTE_ANSWERS}")
+    if kind == "ground_truth":
+        _check_ground_truth(payload)
     if kind == "task_status" and payload["state"] not in TASK_STATES:
         raise ProtocolError(f"task_status: unknown state '{payload['state']}'")
     return payload

@@ -15,10 +15,10 @@ controllers hold the arm).
 
 from __future__ import annotations
 
-import json
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -74,6 +74,7 @@ class Goal:
     kind: str  # "pose", "pick_place" or "trajectory"
     goal_id: str
     payload: object
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class ArmMotionNode(Node):
@@ -111,6 +112,7 @@ class ArmMotionNode(Node):
         self.joint_state = Latest()
         self.joint_state_received = Latest(0.0)
         self.estopped = threading.Event()
+        self.estop_engaged_at = -math.inf  # goals queued before it never run
         self.sent_stamp_s = Latest(None)  # stamp of the newest trajectory sent to the gate
         self.gate_refusal = Latest("")  # the gate refused that trajectory: why
         self.current_goal_id = ""
@@ -134,11 +136,11 @@ class ArmMotionNode(Node):
     # ----------------------------------------------------------------- inputs
     def on_gate_status(self, msg: String):
         try:
-            armed = json.loads(msg.data)["armed"]
-        except (ValueError, KeyError, TypeError):
-            self.diag.publish("warn", "ignoring a malformed safety/status")
+            armed = protocol.decode("safety_status", msg.data)["armed"]
+        except protocol.ProtocolError as err:
+            self.diag.publish("warn", f"ignoring a malformed safety/status: {err}")
             return
-        if isinstance(armed, bool) and armed != self.armed:
+        if armed != self.armed:
             self.armed = armed
             self.get_logger().info("the safety gate is armed: motions reach the controller" if armed
                                    else "dry run: the safety gate is not armed")
@@ -146,12 +148,11 @@ class ArmMotionNode(Node):
     def on_gate_refusal(self, msg: String):
         """The gate refused a trajectory: if it is ours, the motion waiting for it fails now."""
         try:
-            refusal = json.loads(msg.data)
-            stamp, reason = float(refusal["stamp"]), str(refusal["reason"])
-        except (ValueError, KeyError, TypeError):
+            refusal = protocol.decode("safety_refusal", msg.data)
+        except protocol.ProtocolError:
             return
-        if refusal.get("command") == "joint_trajectory" and stamp == self.sent_stamp_s.get():
-            self.gate_refusal.set(reason)
+        if refusal["command"] == "joint_trajectory" and refusal["stamp"] == self.sent_stamp_s.get():
+            self.gate_refusal.set(refusal["reason"])
 
     def on_joint_state(self, msg: JointState):
         """Only well-formed states: one with NaN or missing joints must not become "where the arm is"."""
@@ -163,6 +164,7 @@ class ArmMotionNode(Node):
 
     def on_estop(self, msg: Bool):
         if msg.data and not self.estopped.is_set():
+            self.estop_engaged_at = time.monotonic()
             self.estopped.set()
             self.publish_status("stopped", "emergency stop: holding position, goals refused until /estop is false")
             self.diag.publish("error", "emergency stop engaged")
@@ -185,7 +187,7 @@ class ArmMotionNode(Node):
         except ValueError as err:
             self.refuse("", f"pose goal refused: {err}")
             return
-        self.goals.put(Goal("pose", "", target))
+        self.queue_goal(Goal("pose", "", target))
 
     def on_ee_delta(self, msg: TransformStamped):
         """Keep only the newest displacement; the control timer executes it."""
@@ -199,8 +201,10 @@ class ArmMotionNode(Node):
             if self.ee_delta_watchdog.expired(time.monotonic()) and not self.holding_for_stale_delta:
                 if self.ee_delta_watchdog.seconds_since_feed(time.monotonic()) != float("inf"):
                     self.holding_for_stale_delta = True
-                    self.hold_position()
-                    self.diag.publish("warn", "ee_delta stream went stale: holding position")
+                    # A goal that started since owns the arm: holding would cut its motion short.
+                    if not self.busy.is_set():
+                        self.hold_position()
+                        self.diag.publish("warn", "ee_delta stream went stale: holding position")
             return
         if msg.header.frame_id not in ACCEPTED_FRAMES:
             self.refuse("", f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
@@ -234,7 +238,7 @@ class ArmMotionNode(Node):
         if request["frame"] not in ACCEPTED_FRAMES:
             self.refuse(request["id"], f"pick_place frame '{request['frame']}' unsupported: use fr3_link0")
             return
-        self.goals.put(Goal("pick_place", request["id"], request))
+        self.queue_goal(Goal("pick_place", request["id"], request))
 
     def on_gripper(self, msg: Float64):
         """Gripper width from a closed-loop policy: gated like every other command."""
@@ -249,7 +253,11 @@ class ArmMotionNode(Node):
             self.send_gripper(width)
 
     def on_joint_trajectory(self, msg: JointTrajectory):
-        self.goals.put(Goal("trajectory", "", msg))
+        self.queue_goal(Goal("trajectory", "", msg))
+
+    def queue_goal(self, goal: Goal):
+        if not self.goals.put(goal):
+            self.refuse(goal.goal_id, f"{goal.kind} goal refused: too many goals already waiting")
 
     # ----------------------------------------------------------------- state helpers
     def current_positions(self) -> np.ndarray | None:
@@ -330,6 +338,8 @@ class ArmMotionNode(Node):
         try:
             if self.estopped.is_set():
                 raise MotionAborted("emergency stop is engaged")
+            if goal.queued_at <= self.estop_engaged_at:
+                raise MotionAborted("goal dropped: it was waiting when the emergency stop was engaged")
             if self.current_positions() is None:
                 raise MotionAborted("no fresh /joint_states: is the robot driver running?")
             message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,

@@ -47,12 +47,13 @@ from ros_vla.nodes.common import (
     SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
+    FrameFilter,
     Latest,
     QueueWorker,
     declare,
     run_node,
 )
-from ros_vla.perception.ros_messages import image_array
+from ros_vla.perception.ros_messages import camera_info_problem, image_array, image_problem
 
 REPORT_PERIOD_S = 2.0
 
@@ -64,9 +65,11 @@ class CameraView:
         self.namespace = namespace
         self.frame = Latest()
         self.focal_px = Latest()
-        node.create_subscription(Image, f"{namespace}/{image_topic}", self.frame.set, SENSOR_QOS)
+        node.create_subscription(Image, f"{namespace}/{image_topic}",
+                                 FrameFilter(self.frame.set, lambda m: image_problem(m, ("rgb8", "bgr8"))), SENSOR_QOS)
         node.create_subscription(CameraInfo, f"{namespace}/{camera_info_topic}",
-                                 lambda info: self.focal_px.set(float(info.k[0]) or None), SENSOR_QOS)
+                                 FrameFilter(lambda info: self.focal_px.set(float(info.k[0])), camera_info_problem),
+                                 SENSOR_QOS)
 
 
 class AttributeCheckerNode(Node):
@@ -184,7 +187,8 @@ class AttributeCheckerNode(Node):
 
     # ----------------------------------------------------------------- inputs and health
     def on_query(self, msg: String):
-        self.worker.put(partial(self.answer, msg.data))
+        if not self.worker.put(partial(self.answer, msg.data)):
+            self.reply(_request_id(msg.data), "cannot_see", 0.0, [], [], "busy: too many questions already waiting")
 
     def report(self):
         now = self.get_clock().now()
@@ -202,7 +206,7 @@ def _request_id(text: str) -> str:
     """The id of a request that failed validation, if it has one, so the reply can name it."""
     try:
         payload = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return ""
     request_id = payload.get("id") if isinstance(payload, dict) else None
     return request_id if isinstance(request_id, str) else ""

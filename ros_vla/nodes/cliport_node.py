@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 import time
-from functools import partial
 
 import numpy as np
 from rclpy.node import Node
@@ -40,6 +39,7 @@ from ros_vla.nodes.common import (
     SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
+    FrameFilter,
     Latest,
     QueueWorker,
     Replies,
@@ -51,7 +51,14 @@ from ros_vla.nodes.common import (
 from ros_vla.paths import config_file, model_dir, package_share
 from ros_vla.perception.calibration import read_calibration
 from ros_vla.perception.heightmap import RgbdView, fuse_heightmap
-from ros_vla.perception.ros_messages import image_array, image_msg, intrinsics_from_camera_info, time_seconds
+from ros_vla.perception.ros_messages import (
+    camera_info_problem,
+    image_array,
+    image_msg,
+    image_problem,
+    intrinsics_from_camera_info,
+    time_seconds,
+)
 from ros_vla.sim.scene import load_scene
 
 OBJECT_WORDS = set(KIND_SYNONYMS) | {"stand", "stands"}
@@ -86,11 +93,14 @@ class CLIPortNode(Node):
         self.frames = {view: {"rgb": Latest(), "depth": Latest(), "info": Latest()} for view in p["views"]}
         for view in p["views"]:
             base = f"{view}/camera"
-            self.create_subscription(Image, f"{base}/color/image_raw", partial(self.keep, view, "rgb"), SENSOR_QOS)
+            latest = self.frames[view]
+            self.create_subscription(Image, f"{base}/color/image_raw",
+                                     FrameFilter(latest["rgb"].set, lambda m: image_problem(m, ("rgb8",))), SENSOR_QOS)
             self.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw",
-                                     partial(self.keep, view, "depth"), SENSOR_QOS)
+                                     FrameFilter(latest["depth"].set, lambda m: image_problem(m, ("16UC1",))),
+                                     SENSOR_QOS)
             self.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
-                                     partial(self.keep, view, "info"), SENSOR_QOS)
+                                     FrameFilter(latest["info"].set, camera_info_problem), SENSOR_QOS)
         self.arm_results = Replies()
         self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
         self.affordance_pub = self.create_publisher(String, "skill/affordance", STATUS_QOS)
@@ -114,10 +124,7 @@ class CLIPortNode(Node):
         raise ValueError(f"{full}: the camera is calibrated in '{calibration.parent_frame}'; cliport_node needs "
                          "cameras fixed to the robot (base_link or fr3_link0)")
 
-    # ----------------------------------------------------------------- callbacks: keep, queue
-    def keep(self, view: str, kind: str, msg):
-        self.frames[view][kind].set(msg)
-
+    # ----------------------------------------------------------------- callbacks: queue
     def on_request(self, msg: String):
         try:
             request = protocol.decode("skill_request", msg.data)
@@ -125,7 +132,10 @@ class CLIPortNode(Node):
             self.diag.publish("error", f"skill request refused: {err}")
             return
         if request["skill"] == self.skill_name:
-            self.work.put(("skill", (request, time.monotonic(), self.get_clock().now().nanoseconds * 1e-9)))
+            item = ("skill", (request, time.monotonic(), self.get_clock().now().nanoseconds * 1e-9))
+            if not self.work.put(item):
+                publish_json(self.result_pub, {"id": request["id"], "success": False,
+                                               "message": "cliport busy: too many requests already waiting"})
 
     def on_affordance_query(self, msg: String):
         try:
@@ -133,7 +143,8 @@ class CLIPortNode(Node):
         except protocol.ProtocolError as err:
             self.diag.publish("warn", f"affordance query ignored: {err}")
             return
-        self.work.put(("affordance", query))
+        if not self.work.put(("affordance", query)):
+            self.diag.publish("warn", f"affordance query {query['id'][:40]} dropped: too many requests waiting")
 
     def on_arm_result(self, msg: String):
         try:
@@ -177,6 +188,8 @@ class CLIPortNode(Node):
                     continue
                 if min(time_seconds(rgb.header.stamp), time_seconds(depth.header.stamp)) < newer_than_s:
                     continue
+                if not (rgb.width == depth.width == info.width and rgb.height == depth.height == info.height):
+                    continue  # colour, depth and intrinsics of different frames: no aligned RGB-D
                 depth_m = image_array(depth).astype(np.float32) / 1000.0
                 views.append(RgbdView(image_array(rgb), depth_m, intrinsics_from_camera_info(info),
                                       self.view_poses[view]))

@@ -11,6 +11,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -20,6 +21,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
+
+from ros_vla import protocol
 
 SENSOR_QOS = qos_profile_sensor_data
 # Publishers of camera data are reliable so both best-effort (SensorDataQoS) and reliable
@@ -132,16 +135,24 @@ def offer_arming_service(node: Node):
 
 class QueueWorker:
     """One worker thread handling queued items (goals, tasks, requests) one at a time, so
-    callbacks only enqueue and long work never blocks the executor."""
+    callbacks only enqueue and long work never blocks the executor.
 
-    def __init__(self, node: Node, handle: Callable[[object], None], name: str):
-        self._queue: queue.Queue = queue.Queue()
+    At most `max_pending` items wait: a flood of requests is refused (put returns False)
+    instead of growing a backlog the robot would work through long after."""
+
+    def __init__(self, node: Node, handle: Callable[[object], None], name: str, max_pending: int = 8):
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._handle = handle
         self._running = True
         self._thread = start_worker(node, self._loop, name)
 
-    def put(self, item):
-        self._queue.put(item)
+    def put(self, item) -> bool:
+        """Queue an item; False (and not queued) when `max_pending` are already waiting."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return True
 
     def _loop(self):
         while self._running:
@@ -157,22 +168,41 @@ class QueueWorker:
 
 
 class Replies:
-    """JSON replies arriving on a topic, for a worker waiting on the one for its request."""
+    """JSON replies arriving on a topic, for a worker waiting on the one for its request.
 
-    def __init__(self):
-        self._queue: queue.Queue[dict] = queue.Queue()
+    Bounded: a flood of replies nobody waits for drops the oldest, not the memory."""
+
+    def __init__(self, max_pending: int = 100):
+        self._queue: queue.Queue[dict] = queue.Queue(maxsize=max_pending)
 
     def put(self, reply: dict):
-        self._queue.put(reply)
+        while True:
+            try:
+                self._queue.put_nowait(reply)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def put_decoded(self, kind: str, text: str) -> None:
+        """Keep a reply if it is a valid `kind` payload (protocol.decode); drop it if not."""
+        try:
+            self.put(protocol.decode(kind, text))
+        except protocol.ProtocolError:
+            pass
 
     def clear(self):
         """Forget replies to earlier requests; call before sending a new one."""
         while not self._queue.empty():
             self._queue.get_nowait()
 
-    def wait(self, matches: Callable[[dict], bool], timeout_s: float) -> dict | None:
+    def wait(self, matches: Callable[[dict], bool], timeout_s: float,
+             give_up: Callable[[], bool] = lambda: False) -> dict | None:
+        """The first reply that `matches`; None after `timeout_s` or once `give_up()`."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not give_up():
             try:
                 reply = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -182,18 +212,83 @@ class Replies:
         return None
 
 
+class TaskJournal:
+    """The task a planner is carrying out, kept on disk
+    ($ROS_HOME/ros_vla/<node>_domain<ROS_DOMAIN_ID>_task.json) so that a planner that died
+    and respawned reports the interrupted task failed instead of leaving it "executing".
+
+    `report_failed(task_id, instruction)` publishes that failure on `status_pub`, once
+    someone listens there (right after start the publisher is not yet matched) or after 10 s.
+    """
+
+    def __init__(self, node: Node, status_pub, report_failed: Callable[[str, str], None]):
+        home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
+        name = f"{node.get_name()}_domain{os.environ.get('ROS_DOMAIN_ID', '0')}_task.json"
+        self.path = home / "ros_vla" / name
+        self._node = node
+        interrupted = self._read()
+        self.end()
+        if interrupted is not None:
+            started = time.monotonic()
+
+            def report_when_heard():
+                if status_pub.get_subscription_count() == 0 and time.monotonic() - started < 10.0:
+                    return
+                timer.cancel()
+                report_failed(interrupted["id"], str(interrupted.get("instruction", "")))
+
+            timer = node.create_timer(0.5, report_when_heard)
+
+    def _read(self) -> dict | None:
+        try:
+            entry = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and isinstance(entry.get("id"), str) else None
+
+    def begin(self, task_id: str, instruction: str):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"id": task_id, "instruction": instruction[:500]}))
+        except OSError as err:  # a read-only home: the task runs, only a restart would go unreported
+            self._node.get_logger().warn(f"cannot write the task journal {self.path}: {err}")
+
+    def end(self):
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            self._node.get_logger().warn(f"cannot clear the task journal {self.path}: {err}")
+
+
+class ListenerWatch:
+    """Whether a node that listened on a request topic when the request went out has left
+    since: it died (and respawns without the request), so its reply will never come."""
+
+    def __init__(self, publisher):
+        self._publisher = publisher
+        self._listeners = publisher.get_subscription_count()
+
+    def left(self) -> bool:
+        return self._publisher.get_subscription_count() < self._listeners
+
+
 def run_pick_place_goal(publisher, arm_results: Replies, pick_xyz, pick_yaw: float, place_xyz, place_yaw: float,
                         timeout_s: float) -> tuple[bool, str]:
     """Send one arm/pick_place goal (fr3_link0) and wait for its arm/result: the skill
     nodes' side of the arm_motion protocol. (False, why) on refusal, failure or silence."""
     goal_id = uuid.uuid4().hex[:8]
     arm_results.clear()
+    watch = ListenerWatch(publisher)
     publish_json(publisher, {
         "id": goal_id, "frame": "fr3_link0",
         "pick": {"xyz": [float(v) for v in pick_xyz], "yaw": float(pick_yaw)},
         "place": {"xyz": [float(v) for v in place_xyz], "yaw": float(place_yaw)},
     })
-    result = arm_results.wait(lambda reply: reply["id"] == goal_id, timeout_s)
+    result = arm_results.wait(lambda reply: reply["id"] == goal_id, timeout_s, give_up=watch.left)
+    if result is None and watch.left():
+        return False, "arm_motion left mid-goal (it died?): goal failed"
     if result is None:
         return False, f"arm did not answer within {timeout_s:.0f} s"
     if not result["success"]:
@@ -207,8 +302,11 @@ def run_skill_request(publisher, skill_results: Replies, skill: str, text: str, 
     skill protocol."""
     skill_id = uuid.uuid4().hex[:8]
     skill_results.clear()
+    watch = ListenerWatch(publisher)
     publish_json(publisher, {"id": skill_id, "skill": skill, "text": text, "args": args})
-    result = skill_results.wait(lambda reply: reply["id"] == skill_id, timeout_s)
+    result = skill_results.wait(lambda reply: reply["id"] == skill_id, timeout_s, give_up=watch.left)
+    if result is None and watch.left():
+        return False, f"a skill node left while running '{skill}' (it died?): skill failed"
     if result is None:
         return False, f"no skill result within {timeout_s:.0f} s (is a skill executor running?)"
     return result["success"], result["message"]
@@ -217,18 +315,41 @@ def run_skill_request(publisher, skill_results: Replies, skill: str, text: str, 
 def drive_to_station(goto_publisher, base_status: Replies, station: str, timeout_s: float) -> tuple[bool, str]:
     """base/goto a station and wait until base/status says it arrived there or gave up."""
     base_status.clear()
+    watch = ListenerWatch(goto_publisher)
     goto_publisher.publish(String(data=station))
 
     def settled(status: dict) -> bool:
         arrived = status.get("state") == "arrived" and status.get("station_reached") == station
         return arrived or status.get("state") in ("failed", "refused", "stopped")
 
-    status = base_status.wait(settled, timeout_s)
+    status = base_status.wait(settled, timeout_s, give_up=watch.left)
+    if status is None and watch.left():
+        return False, "base_motion left while driving (it died?): base goal failed"
     if status is None:
         return False, f"base did not arrive within {timeout_s:.0f} s"
     if status["state"] == "arrived":
         return True, f"arrived at the {station}"
     return False, status.get("message", "base refused")
+
+
+class FrameFilter:
+    """A sensor subscription's callback that passes on only usable messages (a `problem`
+    function such as ros_messages.image_problem says why not), so a malformed frame never
+    replaces the newest good one; counts what it drops."""
+
+    def __init__(self, store: Callable[[object], None], problem: Callable[[object], str]):
+        self._store = store
+        self._problem = problem
+        self.rejected = 0
+        self.last_problem = ""
+
+    def __call__(self, msg):
+        problem = self._problem(msg)
+        if problem:
+            self.rejected += 1
+            self.last_problem = problem
+            return
+        self._store(msg)
 
 
 class Latest:

@@ -8,12 +8,11 @@ base/status. One task at a time; a new instruction while busy is refused, not qu
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from ros_vla import protocol
 from ros_vla.language import SkillCall, understand
@@ -23,6 +22,7 @@ from ros_vla.nodes.common import (
     Diagnostics,
     QueueWorker,
     Replies,
+    TaskJournal,
     declare,
     drive_to_station,
     publish_json,
@@ -51,9 +51,15 @@ class InstructionNode(Node):
         self.busy = threading.Event()
         self.create_subscription(String, "instruction", self.on_instruction, COMMAND_QOS)
         self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
-        self.create_subscription(String, "base/status", lambda m: self.base_status.put(json.loads(m.data)),
-                                 STATUS_QOS)
+        self.create_subscription(String, "base/status",
+                                 lambda m: self.base_status.put_decoded("base_status", m.data), STATUS_QOS)
+        self.estopped = threading.Event()
+        self.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
+                                 COMMAND_QOS)
         self.tasks = QueueWorker(self, self.work, "tasks")
+        self.journal = TaskJournal(self, self.status_pub, lambda task_id, text: self.status(
+            task_id, text, "failed", "the planner restarted during this task (it died?): task failed, "
+                                     "nothing more of it runs"))
 
     def status(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0):
         publish_json(self.status_pub, {"id": task_id, "instruction": instruction, "state": state,
@@ -64,6 +70,10 @@ class InstructionNode(Node):
     def on_instruction(self, msg: String):
         task_id = uuid.uuid4().hex[:8]
         text = msg.data
+        if self.estopped.is_set():
+            self.status(task_id, text[:protocol.MAX_INSTRUCTION_CHARS], "refused",
+                        "the emergency stop is engaged: release /estop, then send it again")
+            return
         if self.busy.is_set():
             self.status(task_id, text[:protocol.MAX_INSTRUCTION_CHARS], "refused",
                         "busy with another task; send it again when the current one ends")
@@ -79,6 +89,7 @@ class InstructionNode(Node):
 
     def work(self, task: tuple[str, str]):
         task_id, text = task
+        self.journal.begin(task_id, text[:protocol.MAX_INSTRUCTION_CHARS])
         try:
             self.run_task(task_id, text)
         except Exception as err:  # a bug in one task must not take the node down
@@ -86,6 +97,7 @@ class InstructionNode(Node):
                 return
             self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
         finally:
+            self.journal.end()
             self.busy.clear()
 
     def run_task(self, task_id: str, text: str):
@@ -99,6 +111,10 @@ class InstructionNode(Node):
         for step, call in enumerate(understanding.calls, start=1):
             self.status(task_id, shown, "executing", call.text, plan, step)
             success, message = self.run_skill(call)
+            if self.estopped.is_set():
+                self.status(task_id, shown, "stopped", f"emergency stop during '{call.text}': task stopped",
+                            plan, step)
+                return
             if not success:
                 self.status(task_id, shown, "failed", f"{call.text}: {message}", plan, step)
                 return

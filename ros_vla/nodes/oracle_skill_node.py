@@ -10,7 +10,6 @@ fr3_link0) -> arm/result -> ground-truth check -> skill/result (JSON).
 
 from __future__ import annotations
 
-import json
 import time
 
 from rclpy.node import Node
@@ -55,8 +54,11 @@ class OracleSkillNode(Node):
         self.requests = QueueWorker(self, self.work, "oracle")
 
     def on_truth(self, msg: String):
-        # Parsed only when a skill needs it: the topic ticks at 30 Hz.
-        self.truth.set(msg)
+        try:
+            self.truth.set(protocol.decode("ground_truth", msg.data))
+        except protocol.ProtocolError as err:
+            self.diag.publish("warn", f"ignoring malformed ground truth: {err}")
+            return
         self.truth_received.set(time.monotonic())
 
     def on_request(self, msg: String):
@@ -65,8 +67,9 @@ class OracleSkillNode(Node):
         except protocol.ProtocolError as err:
             self.diag.publish("error", f"skill request refused: {err}")
             return
-        if request["skill"] == "pick_place":
-            self.requests.put(request)
+        if request["skill"] == "pick_place" and not self.requests.put(request):
+            publish_json(self.result_pub, {"id": request["id"], "success": False,
+                                           "message": "oracle busy: too many requests already waiting"})
 
     def on_arm_result(self, msg: String):
         try:
@@ -77,7 +80,7 @@ class OracleSkillNode(Node):
     def fresh_truth(self) -> dict | None:
         if time.monotonic() - self.truth_received.get() > self.truth_timeout_s:
             return None
-        return json.loads(self.truth.get().data)
+        return self.truth.get()
 
     def work(self, request: dict):
         success, message = self.pick_place(request["args"])

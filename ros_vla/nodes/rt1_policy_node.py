@@ -59,13 +59,14 @@ from ros_vla.nodes.common import (
     SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
+    FrameFilter,
     Latest,
     QueueWorker,
     declare,
     publish_json,
     run_node,
 )
-from ros_vla.perception.ros_messages import image_array, transform_msg
+from ros_vla.perception.ros_messages import image_array, image_problem, transform_msg
 from ros_vla.robot import panda
 from ros_vla.rt1 import RT1Config, RT1Policy
 from ros_vla.rt1.config import START_JOINT_POSITIONS
@@ -148,7 +149,8 @@ class RT1PolicyNode(Node):
         self.holding = False  # the robot is stopped for want of a fresh frame
 
         self.frame = Latest()
-        self.create_subscription(Image, self.camera_topic, self.frame.set, SENSOR_QOS)
+        self.create_subscription(Image, self.camera_topic,
+                                 FrameFilter(self.frame.set, lambda m: image_problem(m, ("rgb8",))), SENSOR_QOS)
         self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.worker = QueueWorker(self, lambda job: job(), "rt1")

@@ -21,7 +21,6 @@ One task at a time; a new instruction while busy is refused, not queued.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ import uuid
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from ros_vla import protocol
 from ros_vla.nodes.common import (
@@ -37,9 +36,11 @@ from ros_vla.nodes.common import (
     SENSOR_QOS,
     STATUS_QOS,
     Diagnostics,
+    FrameFilter,
     Latest,
     QueueWorker,
     Replies,
+    TaskJournal,
     declare,
     drive_to_station,
     publish_json,
@@ -47,13 +48,17 @@ from ros_vla.nodes.common import (
     run_skill_request,
 )
 from ros_vla.paths import config_file, package_share
-from ros_vla.perception.ros_messages import image_array
+from ros_vla.perception.ros_messages import image_array, image_problem
 from ros_vla.saycan.config import PlannerConfig, Skill, load_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
 from ros_vla.saycan.planner import SayCanPlanner
 from ros_vla.sim.scene import load_scene
 
 SKILL_REQUEST_EXECUTORS = ("pick_place", "pick", "put_down", "rt1")
+
+
+class EmergencyStop(RuntimeError):
+    """/estop was engaged during the task: it ends "stopped", nothing more of it runs."""
 
 
 class NoObservation(RuntimeError):
@@ -90,11 +95,12 @@ class SayCanPlannerNode(Node):
         self.create_subscription(String, "instruction", self.on_instruction, COMMAND_QOS)
         self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
         self.create_subscription(String, "skill/affordance", self.on_affordance, STATUS_QOS)
-        self.create_subscription(String, "base/status", lambda m: self.base_status.put(json.loads(m.data)),
-                                 STATUS_QOS)
+        self.create_subscription(String, "base/status",
+                                 lambda m: self.base_status.put_decoded("base_status", m.data), STATUS_QOS)
         for view, topic in (("camera", p["head_camera_topic"]), ("wrist", p["wrist_camera_topic"])):
-            self.create_subscription(Image, topic, lambda m, view=view: self.frames[view].set((time.monotonic(), m)),
-                                     SENSOR_QOS)
+            keep = FrameFilter(lambda m, view=view: self.frames[view].set((time.monotonic(), m)),
+                               lambda m: image_problem(m, ("rgb8",)))
+            self.create_subscription(Image, topic, keep, SENSOR_QOS)
         config = PlannerConfig(max_steps=p["max_steps"], max_failures=p["max_failures"],
                                min_affordance=p["min_affordance"], top_k=p["top_k"],
                                chain_of_thought=p["chain_of_thought"])
@@ -104,7 +110,13 @@ class SayCanPlannerNode(Node):
         self.ready_message = ""
         self.ready = threading.Event()
         # Models load in the worker so the node is on the graph (and answers "loading") at once.
+        self.estopped = threading.Event()
+        self.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
+                                 COMMAND_QOS)
         self.tasks = QueueWorker(self, self.work, "saycan")
+        self.journal = TaskJournal(self, self.status_pub, lambda task_id, text: self.status(
+            task_id, text, "failed", "the planner restarted during this task (it died?): task failed, "
+                                     "nothing more of it runs"))
         # /diagnostics also on a timer: a monitor that starts later still learns whether the planner is up.
         self.create_timer(p["report_period_s"], self.report)
         self.tasks.put(("load", p, config))
@@ -114,6 +126,9 @@ class SayCanPlannerNode(Node):
     def on_instruction(self, msg: String):
         task_id = uuid.uuid4().hex[:8]
         shown = msg.data[:protocol.MAX_INSTRUCTION_CHARS]
+        if self.estopped.is_set():
+            self.status(task_id, shown, "refused", "the emergency stop is engaged: release /estop, then send it again")
+            return
         if self.busy.is_set():
             self.status(task_id, shown, "refused", "busy with another task; send it again when the current one ends")
             return
@@ -154,12 +169,14 @@ class SayCanPlannerNode(Node):
             self.load(*item[1:])
             return
         _, task_id, text = item
+        self.journal.begin(task_id, text[:protocol.MAX_INSTRUCTION_CHARS])
         try:
             self.run_task(task_id, text)
         except Exception as err:  # a bug in one task must not take the node down
             if self.context.ok():
                 self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
         finally:
+            self.journal.end()
             self.busy.clear()
 
     def load(self, p: dict, config: PlannerConfig):
@@ -198,6 +215,9 @@ class SayCanPlannerNode(Node):
             outcome = self.planner.run(text, self.execute, progress)
         except NoObservation as err:
             self.status(task_id, shown, "failed", str(err))
+            return
+        except EmergencyStop as err:
+            self.status(task_id, shown, "stopped", str(err))
             return
         self.status(task_id, shown, outcome.state, outcome.message, outcome.steps, outcome.scores,
                     outcome.explanation)
@@ -238,6 +258,12 @@ class SayCanPlannerNode(Node):
 
     # ----------------------------------------------------------------- executors
     def execute(self, skill: Skill) -> tuple[bool, str]:
+        success, message = self.execute_skill(skill)
+        if self.estopped.is_set():
+            raise EmergencyStop(f"emergency stop during '{skill.text}': task stopped")
+        return success, message
+
+    def execute_skill(self, skill: Skill) -> tuple[bool, str]:
         if skill.executor == "navigate":
             return self.navigate(skill.args["station"])
         if skill.executor not in SKILL_REQUEST_EXECUTORS:

@@ -53,7 +53,10 @@ class SimBridgeNode(Node):
         p = declare(
             self, scene_file="", seed=0, time_step_s=1.0 / 240.0, real_time_factor=1.0,
             joint_state_rate_hz=100.0, clock_rate_hz=100.0, ground_truth_rate_hz=30.0, cmd_vel_timeout_s=0.5,
+            base_max_linear=1.0, base_max_angular=2.0,
         )
+        # The base driver's own limits (as a real one clamps to its motors'), above the gate's.
+        self.base_max = np.array([p["base_max_linear"], p["base_max_linear"], p["base_max_angular"]], float)
         self.scene_path = p["scene_file"] or str(config_file("scene_tabletop.yaml"))
         self.scene = load_scene(self.scene_path)
         self.world_options = {"seed": p["seed"], "time_step_s": p["time_step_s"], "renderer": None}
@@ -97,7 +100,11 @@ class SimBridgeNode(Node):
         if self.estop.get():
             self.stats["refused_under_estop"] += 1
             return
-        self.base_command.set((msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z))
+        command = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z], float)
+        if not np.all(np.isfinite(command)):
+            self.diag.publish("error", "refused cmd_vel: not finite; base stopped")
+            command = np.zeros(3)
+        self.base_command.set(tuple(np.clip(command, -self.base_max, self.base_max)))
         self.base_watchdog.feed(time.monotonic())
 
     def apply_trajectory(self, msg: JointTrajectory):
@@ -154,10 +161,11 @@ class SimBridgeNode(Node):
             self.apply_trajectory(trajectory)
         width = self.pending_gripper.take()
         if width is not None:
-            if np.isfinite(width):
+            if np.isfinite(width) and panda.FINGER_WIDTH_MIN_M <= width <= panda.FINGER_WIDTH_MAX_M:
                 self.world.set_gripper_width(width)
             else:
-                self.diag.publish("error", f"refused gripper command {width}: not finite")
+                self.diag.publish("error", f"refused gripper command {width}: not within "
+                                           f"{panda.FINGER_WIDTH_MIN_M}..{panda.FINGER_WIDTH_MAX_M} m")
         if self.base_watchdog.expired(time.monotonic()):
             self.world.set_base_velocity(0.0, 0.0, 0.0)
         else:

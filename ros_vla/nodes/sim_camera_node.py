@@ -13,7 +13,6 @@ and /NS/camera/aligned_depth_to_color/camera_info.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -22,11 +21,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
+from ros_vla import protocol
 from ros_vla.nodes.common import (
     CAMERA_PUB_QOS,
     COMMAND_QOS,
     SENSOR_QOS,
     Diagnostics,
+    FrameFilter,
     Latest,
     declare,
     run_node,
@@ -38,6 +39,39 @@ from ros_vla.robot import panda
 from ros_vla.robot.kinematics import matrix_from_quaternion
 from ros_vla.sim.scene import CameraSpec, load_scene
 from ros_vla.sim.world import SimWorld
+
+# What the simulator can report: a state outside these is not its, and is not mirrored.
+MAX_BASE_DISTANCE_M = 1000.0
+STATE_TOLERANCE_RAD = 0.1
+
+
+def joint_state_problem(msg: JointState) -> str:
+    names = list(msg.name)
+    if len(names) != len(msg.position) or len(set(names)) != len(names):
+        return "names and positions do not match"
+    position = dict(zip(names, msg.position))
+    if not all(name in position for name in panda.ARM_JOINT_NAMES + panda.FINGER_JOINT_NAMES):
+        return "missing joints"
+    arm = np.array([position[name] for name in panda.ARM_JOINT_NAMES])
+    fingers = np.array([position[name] for name in panda.FINGER_JOINT_NAMES])
+    if not (np.all(np.isfinite(arm)) and np.all(np.isfinite(fingers))):
+        return "non-finite joints"
+    lower = np.array(panda.ARM_JOINT_LOWER_RAD) - STATE_TOLERANCE_RAD
+    upper = np.array(panda.ARM_JOINT_UPPER_RAD) + STATE_TOLERANCE_RAD
+    if np.any(arm < lower) or np.any(arm > upper) or np.any(np.abs(fingers) > panda.FINGER_WIDTH_MAX_M):
+        return "joints outside what the robot can reach"
+    return ""
+
+
+def odometry_problem(msg: Odometry) -> str:
+    pose = msg.pose.pose
+    quaternion = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
+    position = np.array([pose.position.x, pose.position.y, pose.position.z])
+    if not (np.all(np.isfinite(quaternion)) and np.all(np.isfinite(position))):
+        return "non-finite pose"
+    if np.any(np.abs(position) > MAX_BASE_DISTANCE_M) or not 0.5 < np.linalg.norm(quaternion) < 2.0:
+        return "not a pose of the base: too far or not a rotation"
+    return ""
 
 
 class CameraOutput:
@@ -80,20 +114,27 @@ class SimCameraNode(Node):
         self.joint_state = Latest()
         self.odom = Latest()
         self.objects = Latest()
-        self.create_subscription(JointState, "joint_states", self.joint_state.set, SENSOR_QOS)
-        self.create_subscription(Odometry, "odom", self.odom.set, SENSOR_QOS)
-        self.create_subscription(String, "sim/ground_truth/objects", self.objects.set, COMMAND_QOS)
+        # Only well-formed states are mirrored: a malformed one (from anyone) must not stop the render loop.
+        self.create_subscription(JointState, "joint_states", FrameFilter(self.joint_state.set, joint_state_problem),
+                                 SENSOR_QOS)
+        self.create_subscription(Odometry, "odom", FrameFilter(self.odom.set, odometry_problem), SENSOR_QOS)
+        self.create_subscription(String, "sim/ground_truth/objects", self.on_objects, COMMAND_QOS)
 
         self.render_times: list[float] = []
         self._running = True
         self._thread = start_worker(self, self.render_loop, "render")
 
+    def on_objects(self, msg: String):
+        try:
+            self.objects.set(protocol.decode("ground_truth", msg.data))
+        except protocol.ProtocolError:
+            pass  # not the simulator's: the mirror keeps the last good state
+
     def mirror_state(self, world: SimWorld):
         """Pose the render copy like the simulator; returns the stamp of that state, or None."""
-        joints, odom, objects_msg = self.joint_state.get(), self.odom.get(), self.objects.get()
-        if joints is None or odom is None or objects_msg is None:
+        joints, odom, truth = self.joint_state.get(), self.odom.get(), self.objects.get()
+        if joints is None or odom is None or truth is None:
             return None
-        truth = json.loads(objects_msg.data)
         if truth["seed"] != world.seed:
             world.reset(truth["seed"])
         position = dict(zip(joints.name, joints.position))

@@ -128,6 +128,26 @@ class StackClient:
         return bool(self.wait_for(lambda: all(ns in self._images for ns in namespaces), timeout_s,
                                   give_up=give_up))
 
+    def wait_until_idle(self, timeout_s: float, quiet_s: float = 2.0) -> bool:
+        """True once every task seen on task/status has ended and none started for `quiet_s`."""
+        def idle():
+            last = {}
+            for status in self._statuses:
+                last[status["id"]] = status["state"]
+            return all(state in protocol.TERMINAL_TASK_STATES for state in last.values())
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.wait_for(idle, deadline - time.monotonic()) is None:
+                return False
+            with self._lock:
+                seen = len(self._statuses)
+            time.sleep(quiet_s)
+            with self._lock:
+                if len(self._statuses) == seen and idle():
+                    return True
+        return False
+
     def say(self, text: str, timeout_s: float = 180.0,
             on_status: Callable[[dict], None] | None = None) -> dict | None:
         """Send an instruction and follow task/status until the task ends; returns the last status."""

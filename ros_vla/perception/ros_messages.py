@@ -66,6 +66,37 @@ def image_array(msg: Image) -> np.ndarray:
     return array.reshape(shape)
 
 
+MIN_IMAGE_SIDE_PX = 32  # smaller frames are not a camera's: models resize from at least this
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def image_problem(msg: Image, encodings: tuple[str, ...]) -> str:
+    """Why a frame cannot be used ('' if it can): an encoding not in `encodings`, a size no
+    camera has, or data that does not fill its rows. Nodes keep only frames without one,
+    so a bad message never replaces the newest good frame."""
+    if msg.encoding not in encodings:
+        return f"encoding '{msg.encoding[:20]}', expected {' or '.join(encodings)}"
+    if min(msg.width, msg.height) < MIN_IMAGE_SIDE_PX or msg.width * msg.height > MAX_IMAGE_PIXELS:
+        return f"size {msg.width}x{msg.height}"
+    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
+    if msg.step < msg.width * channels * np.dtype(dtype).itemsize or len(msg.data) < msg.step * msg.height:
+        return f"{len(msg.data)} bytes do not fill {msg.height} rows of step {msg.step}"
+    return ""
+
+
+def camera_info_problem(msg: CameraInfo) -> str:
+    """Why a camera_info cannot be used ('' if it can): no finite pinhole K with positive
+    focal lengths, or no image size."""
+    k = np.asarray(msg.k, float)
+    if k.size != 9 or not np.all(np.isfinite(k)):
+        return "K is not nine finite numbers"
+    if k[0] <= 0 or k[4] <= 0 or k[8] != 1.0:
+        return f"K is not a pinhole matrix (fx {k[0]:g}, fy {k[4]:g}, K[2][2] {k[8]:g})"
+    if min(msg.width, msg.height) < MIN_IMAGE_SIDE_PX or msg.width * msg.height > MAX_IMAGE_PIXELS:
+        return f"size {msg.width}x{msg.height}"
+    return ""
+
+
 def depth_to_millimetres(depth_m: np.ndarray) -> np.ndarray:
     """Metres (0 = no return) to 16UC1 millimetres as realsense-ros publishes aligned depth."""
     depth = np.nan_to_num(np.asarray(depth_m, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
