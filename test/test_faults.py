@@ -24,7 +24,7 @@ def faults_result(tmp_path_factory):
 @pytest.mark.parametrize("node", list(FAULTS))
 def test_a_task_ends_when_a_node_dies_under_it_and_the_node_comes_back(faults_result, node):
     fault = next(f for f in faults_result["faults"] if f["node"] == node)
-    assert fault["killed"], f"{node} was never killed: the task did not reach '{FAULTS[node]}'"
+    assert fault["killed"], f"{node} was never killed: the task did not reach '{FAULTS[node][0]}'"
     assert fault["task_state"] in protocol.TERMINAL_TASK_STATES, fault
     assert fault["back_in_graph_after_kill_s"] is not None, f"{node} did not respawn"
     assert fault["out_of_limit_commands"] == 0

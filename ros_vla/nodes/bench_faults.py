@@ -33,13 +33,21 @@ from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
 from ros_vla.sim.scene import load_scene
 
-# launch label -> when to kill it
-FAULTS = {"instruction": "arm moving", "cliport": "arm moving", "arm_motion": "arm moving",
-          "sim_camera": "task executing"}
+# launch label (= node name) -> when to kill it, and an endpoint it makes when it is back
+FAULTS = {"instruction": ("arm moving", "/instruction", "subscription"),
+          "cliport": ("arm moving", "/skill/request", "subscription"),
+          "arm_motion": ("arm moving", "/arm/pick_place", "subscription"),
+          "sim_camera": ("task executing", "/camera/camera/color/image_raw", "publisher")}
 
 
-def _node_in_graph(client: StackClient, name: str) -> bool:
-    return name in client.node.get_node_names()
+def _endpoints(client: StackClient, label: str) -> set[bytes]:
+    """The node's endpoint ids on its FAULTS topic. A respawned node makes new ones; after a
+    SIGKILL, DDS lists the dead ones until their lease runs out, so the graph's node names
+    cannot tell."""
+    _, topic, kind = FAULTS[label]
+    infos = (client.node.get_subscriptions_info_by_topic(topic) if kind == "subscription"
+             else client.node.get_publishers_info_by_topic(topic))
+    return {bytes(info.endpoint_gid) for info in infos if info.node_name == label}
 
 
 def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root: str = "outputs",
@@ -55,8 +63,17 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
     runner.start()
     client = StackClient("ros_vla_bench_faults")
     recorder = ControllerRecorder(client, ControllerLimits.from_config(config_file("sim.yaml")))
-    arm_moving = threading.Event()
-    client.follow_json("/arm/status", lambda status: status.get("state") == "moving" and arm_moving.set())
+    arm_moving = threading.Event()  # the arm moves for the current task
+    arm_state = {"state": "idle", "at": time.monotonic()}
+    current = {"executing": threading.Event()}
+
+    def on_arm_status(status: dict):
+        if status.get("state") != arm_state["state"]:
+            arm_state.update(state=status.get("state"), at=time.monotonic())
+        if status.get("state") == "moving" and current["executing"].is_set():
+            arm_moving.set()
+
+    client.follow_json("/arm/status", on_arm_status)
     reset = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
     faults = []
     try:
@@ -67,21 +84,27 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
             raise RuntimeError("the sim stack did not come up")
         for label in nodes:
             client.wait_until_idle(120.0)
+            # A skill whose planner died goes on to its end: wait for the arm to be still.
+            client.wait_for(lambda: arm_state["state"] != "moving" and time.monotonic() - arm_state["at"] > 2.0,
+                            120.0)
             reset.publish(Int32(data=seed))
             time.sleep(3.0)
             arm_moving.clear()
-            executing = threading.Event()
+            executing = current["executing"] = threading.Event()
+            task_ended = threading.Event()
             killed = {}
 
-            def kill_when_due(label=label, executing=executing, killed=killed):
-                due = arm_moving if FAULTS[label] == "arm moving" else executing
-                if not due.wait(120.0):
-                    return
+            def kill_when_due(label=label, executing=executing, task_ended=task_ended, killed=killed):
+                when = FAULTS[label][0]
+                if not (arm_moving if when == "arm moving" else executing).wait(120.0) or task_ended.is_set():
+                    return  # the task ended before the fault was due: reported as not killed
                 process = runner.processes[label]
+                before = _endpoints(client, label)
                 killed.update(pid=process.pid, at=time.monotonic(), violations=len(recorder.violations))
                 os.killpg(process.pid, signal.SIGKILL)
-                say(f"  killed {label} (pid {process.pid}) with the {FAULTS[label].split()[0]} "
-                    f"{FAULTS[label].split()[1]}")
+                say(f"  killed {label} (pid {process.pid}) with the {when}")
+                if client.wait_for(lambda: _endpoints(client, label) - before, 120.0, poll_s=0.2):
+                    killed["back_s"] = time.monotonic() - killed["at"]
 
             killer = threading.Thread(target=kill_when_due, daemon=True)
             killer.start()
@@ -89,14 +112,13 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
             final = client.say(TASK, timeout_s=240.0,
                                on_status=lambda s, executing=executing: s["state"] == "executing" and executing.set())
             ended = time.monotonic()
-            killer.join(timeout=1.0)
+            task_ended.set()
+            killer.join(timeout=120.0)
             fault = {"node": label, "killed": bool(killed), "task_state": final["state"] if final else "timeout",
                      "task_message": final["message"] if final else "no final status"}
             if killed:
-                respawned = client.wait_for(lambda: runner.processes[label].pid != killed["pid"]
-                                            and _node_in_graph(client, label), 120.0)
                 fault["reported_after_kill_s"] = round(ended - killed["at"], 1)
-                fault["back_in_graph_after_kill_s"] = round(time.monotonic() - killed["at"], 1) if respawned else None
+                fault["back_in_graph_after_kill_s"] = round(killed["back_s"], 1) if "back_s" in killed else None
                 client.wait_for_subscribers(120.0)
                 fault["out_of_limit_commands"] = len(recorder.violations) - killed["violations"]
             say(f"  task {fault['task_state']}: {fault['task_message']}; back after "
@@ -105,6 +127,7 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
 
         say(f"after the faults: scene reset, then \"{TASK}\"")
         client.wait_until_idle(120.0)
+        client.wait_for(lambda: arm_state["state"] != "moving" and time.monotonic() - arm_state["at"] > 2.0, 120.0)
         reset.publish(Int32(data=seed))
         time.sleep(3.0)
         final = client.say(TASK, timeout_s=240.0)

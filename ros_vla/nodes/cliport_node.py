@@ -217,7 +217,7 @@ class CLIPortNode(Node):
         if prediction.confidence < self.p["min_confidence"]:
             return False, (f"cliport refused: nothing in view fits '{text[:80]}' (confidence "
                            f"{prediction.confidence:.2f} < {self.p['min_confidence']:.2f})")
-        moved, message = run_pick_place_goal(self.pick_place_pub, self.arm_results, prediction.pick_xyz,
+        moved, message = run_pick_place_goal(self, self.pick_place_pub, self.arm_results, prediction.pick_xyz,
                                              prediction.pick_yaw, prediction.place_xyz, prediction.place_yaw,
                                              self.p["arm_timeout_s"])
         if not moved:

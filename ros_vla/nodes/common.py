@@ -263,24 +263,43 @@ class TaskJournal:
 
 
 class ListenerWatch:
-    """Whether a node that listened on a request topic when the request went out has left
-    since: it died (and respawns without the request), so its reply will never come."""
+    """Whether a node that listened on a request topic when the request went out has died
+    since, so its reply will never come: it left the graph, or a node of the same name
+    joined again (respawned; after a SIGKILL, DDS keeps the dead endpoint listed until its
+    lease runs out).
 
-    def __init__(self, publisher):
-        self._publisher = publisher
-        self._listeners = publisher.get_subscription_count()
+    Made just before a request is sent: when nobody listens yet (a node respawning), it
+    first waits up to `wait_s` for one, so the request is not sent into the void."""
+
+    def __init__(self, node: Node, publisher, wait_s: float = 30.0):
+        self._node = node
+        self._topic = publisher.topic_name
+        deadline = time.monotonic() + wait_s
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._listeners = self._endpoints()
+
+    def _endpoints(self) -> dict[bytes, tuple[str, str]]:
+        return {bytes(info.endpoint_gid): (info.node_namespace, info.node_name)
+                for info in self._node.get_subscriptions_info_by_topic(self._topic)}
 
     def left(self) -> bool:
-        return self._publisher.get_subscription_count() < self._listeners
+        # By node name: a node killed earlier may still be listed beside its respawned self
+        # until its lease runs out, and that stale entry vanishing is no news.
+        now = self._endpoints()
+        names_before = set(self._listeners.values())
+        gone = names_before - set(now.values())
+        rejoined = {name for gid, name in now.items() if gid not in self._listeners} & names_before
+        return bool(gone or rejoined)
 
 
-def run_pick_place_goal(publisher, arm_results: Replies, pick_xyz, pick_yaw: float, place_xyz, place_yaw: float,
-                        timeout_s: float) -> tuple[bool, str]:
+def run_pick_place_goal(node: Node, publisher, arm_results: Replies, pick_xyz, pick_yaw: float, place_xyz,
+                        place_yaw: float, timeout_s: float) -> tuple[bool, str]:
     """Send one arm/pick_place goal (fr3_link0) and wait for its arm/result: the skill
     nodes' side of the arm_motion protocol. (False, why) on refusal, failure or silence."""
     goal_id = uuid.uuid4().hex[:8]
     arm_results.clear()
-    watch = ListenerWatch(publisher)
+    watch = ListenerWatch(node, publisher)
     publish_json(publisher, {
         "id": goal_id, "frame": "fr3_link0",
         "pick": {"xyz": [float(v) for v in pick_xyz], "yaw": float(pick_yaw)},
@@ -296,13 +315,13 @@ def run_pick_place_goal(publisher, arm_results: Replies, pick_xyz, pick_yaw: flo
     return True, result["message"]
 
 
-def run_skill_request(publisher, skill_results: Replies, skill: str, text: str, args: dict,
+def run_skill_request(node: Node, publisher, skill_results: Replies, skill: str, text: str, args: dict,
                       timeout_s: float) -> tuple[bool, str]:
     """Send one skill/request and wait for its skill/result: the planners' side of the
     skill protocol."""
     skill_id = uuid.uuid4().hex[:8]
     skill_results.clear()
-    watch = ListenerWatch(publisher)
+    watch = ListenerWatch(node, publisher)
     publish_json(publisher, {"id": skill_id, "skill": skill, "text": text, "args": args})
     result = skill_results.wait(lambda reply: reply["id"] == skill_id, timeout_s, give_up=watch.left)
     if result is None and watch.left():
@@ -312,10 +331,11 @@ def run_skill_request(publisher, skill_results: Replies, skill: str, text: str, 
     return result["success"], result["message"]
 
 
-def drive_to_station(goto_publisher, base_status: Replies, station: str, timeout_s: float) -> tuple[bool, str]:
+def drive_to_station(node: Node, goto_publisher, base_status: Replies, station: str,
+                     timeout_s: float) -> tuple[bool, str]:
     """base/goto a station and wait until base/status says it arrived there or gave up."""
     base_status.clear()
-    watch = ListenerWatch(goto_publisher)
+    watch = ListenerWatch(node, goto_publisher)
     goto_publisher.publish(String(data=station))
 
     def settled(status: dict) -> bool:

@@ -123,11 +123,11 @@ class InstructionNode(Node):
     def run_skill(self, call: SkillCall) -> tuple[bool, str]:
         if call.skill == "navigate":
             return self.navigate(call.args["station"])
-        return run_skill_request(self.skill_pub, self.skill_results, call.skill, call.text, call.args,
+        return run_skill_request(self, self.skill_pub, self.skill_results, call.skill, call.text, call.args,
                                  self.skill_timeout_s)
 
     def navigate(self, station: str) -> tuple[bool, str]:
-        return drive_to_station(self.goto_pub, self.base_status, station, self.navigation_timeout_s)
+        return drive_to_station(self, self.goto_pub, self.base_status, station, self.navigation_timeout_s)
 
     def close(self):
         self.tasks.close()

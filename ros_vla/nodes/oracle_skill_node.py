@@ -96,7 +96,7 @@ class OracleSkillNode(Node):
         if pick not in names or place not in names:
             return False, f"oracle: unknown object(s) {pick!r}, {place!r}; scene has {sorted(names)}"
         pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(truth, pick, place, self.scene)
-        moved, message = run_pick_place_goal(self.pick_place_pub, self.arm_results, pick_xyz, pick_yaw, place_xyz,
+        moved, message = run_pick_place_goal(self, self.pick_place_pub, self.arm_results, pick_xyz, pick_yaw, place_xyz,
                                              place_yaw, self.arm_timeout_s)
         if not moved:
             return False, message

@@ -28,6 +28,7 @@ bypass it, and /diagnostics says so by name.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -75,6 +76,7 @@ try:
 except ImportError:
     ErrorRecovery = None
 
+REFUSAL_LOG_PERIOD_S = 1.0
 HOLD_S = 0.05  # a hold is a one-point trajectory to where the arm is, this far ahead
 
 
@@ -160,6 +162,7 @@ class SafetyGateNode(Node):
         self.base_stamps = StampCheck(p["max_command_age_s"], p["max_command_age_s"])
         self.diag = Diagnostics(self)
         self.refused = {"joint_trajectory": 0, "gripper": 0, "cmd_vel": 0, "joint_states": 0}
+        self.refusal_log: dict[str, tuple[float, int]] = {}  # command -> (last logged, refused since)
         self.controllers = "unmanaged"  # or: active, stopping, stopped, starting
         self.bypassing: dict[str, list[str]] = {}
 
@@ -196,7 +199,8 @@ class SafetyGateNode(Node):
                 self.switch = ControllerSwitch(self, p["controller_manager"], controllers,
                                                p["error_recovery_action"], p["service_timeout_s"])
                 self.controllers = "active"
-        self.worker = QueueWorker(self, self.switch_controllers, "controllers")
+        # Deep enough that no stop is ever dropped: filling it takes minutes of /estop toggling.
+        self.worker = QueueWorker(self, self.switch_controllers, "controllers", max_pending=10_000)
         self.create_timer(self.period_s, self.control_base)
         self.create_timer(p["monitor_period_s"], self.monitor)
         self.publish_status("ready" if self.arming.armed else "dry run: not armed")
@@ -219,9 +223,18 @@ class SafetyGateNode(Node):
                                        "refused": dict(self.refused), "bypassing": self.bypassing})
 
     def refuse(self, command: str, reason: str, stamp_s: float = 0.0):
+        """Every refusal goes on safety/refused; the log and /diagnostics get at most one per
+        command kind and second (with how many more), so a flood does not become a load."""
         self.refused[command] += 1
         publish_json(self.refused_pub, {"command": command, "stamp": stamp_s, "reason": reason[:1000]})
-        self.diag.publish("error", f"refused {command}: {reason}"[:1000])
+        now = time.monotonic()
+        last_logged, unlogged = self.refusal_log.get(command, (-math.inf, 0))
+        if now - last_logged < REFUSAL_LOG_PERIOD_S:
+            self.refusal_log[command] = (last_logged, unlogged + 1)
+            return
+        more = f" ({unlogged} more refused in the last {now - last_logged:.0f} s)" if unlogged else ""
+        self.refusal_log[command] = (now, 0)
+        self.diag.publish("error", f"refused {command}: {reason}"[:1000] + more)
 
     def monitor(self):
         """Name everyone who publishes on a controller topic but the gate: they bypass it."""
@@ -266,8 +279,9 @@ class SafetyGateNode(Node):
             self.limiter.reset()
             self.diag.publish("error", "emergency stop engaged: holding, base stopped, every command refused")
             self.publish_status("emergency stop engaged")
-            if self.switch is not None:
-                self.worker.put("stop")
+            if self.switch is not None and not self.worker.put("stop"):
+                self.diag.publish("error", "emergency stop: cannot queue the controller stop; commands are "
+                                           "refused, use the hardware stop if the robot moves")
         else:
             with self.lock:
                 released = self.arming.release_estop()
@@ -291,8 +305,8 @@ class SafetyGateNode(Node):
                 already = self.arming.armed
             if refusal:
                 return SetParametersResult(successful=False, reason=refusal)
-            if not already:
-                self.worker.put("start")
+            if not already and not self.worker.put("start"):
+                return SetParametersResult(successful=False, reason="busy switching controllers; try again")
         return SetParametersResult(successful=True)
 
     def on_trajectory(self, msg: JointTrajectory):
@@ -336,6 +350,10 @@ class SafetyGateNode(Node):
     def on_cmd_vel(self, msg: TwistStamped):
         stamp_s = time_seconds(msg.header.stamp)
         command = (msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z)
+        if self.base_stamps.is_repeat(stamp_s, command):
+            # A sender on sim time may tick twice in one clock step: the same command again
+            # changes nothing, and must not keep the watchdog fed either.
+            return
         problem = self.base_stamps.problem(stamp_s, self.now_s(), command)
         if not problem and not finite(command):
             problem = f"velocity {command} is not finite"

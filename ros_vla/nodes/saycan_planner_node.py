@@ -268,11 +268,11 @@ class SayCanPlannerNode(Node):
             return self.navigate(skill.args["station"])
         if skill.executor not in SKILL_REQUEST_EXECUTORS:
             return False, f"no executor for '{skill.executor}' skills"
-        return run_skill_request(self.skill_pub, self.skill_results, skill.executor, skill.text, skill.args,
+        return run_skill_request(self, self.skill_pub, self.skill_results, skill.executor, skill.text, skill.args,
                                  self.skill_timeout_s)
 
     def navigate(self, station: str) -> tuple[bool, str]:
-        return drive_to_station(self.goto_pub, self.base_status, station, self.navigation_timeout_s)
+        return drive_to_station(self, self.goto_pub, self.base_status, station, self.navigation_timeout_s)
 
     def close(self):
         self.tasks.close()

@@ -156,6 +156,10 @@ class StampCheck:
             return "a repeat of the last accepted command"
         return ""
 
+    def is_repeat(self, stamp_s: float, content: object = None) -> bool:
+        """The same stamp (not zero) and content as the last accepted command."""
+        return stamp_s != 0.0 and stamp_s == self._last_stamp_s and content == self._last_content
+
     def accept(self, stamp_s: float, content: object = None) -> None:
         if stamp_s != 0.0:
             self._last_stamp_s, self._last_content = stamp_s, content

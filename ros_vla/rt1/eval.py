@@ -174,8 +174,8 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
                     time.sleep(1.0)  # the objects settle on the table
                     goal = draw_goal(task, seed, scene.objects)
                     started = time.monotonic()
-                    finished, message = run_skill_request(request_pub, skill_results, "rt1", goal.instruction, {},
-                                                          max_duration_s + 15.0)
+                    finished, message = run_skill_request(client.node, request_pub, skill_results, "rt1",
+                                                          goal.instruction, {}, max_duration_s + 15.0)
                     time.sleep(0.5)  # the world settles before it is judged
                     truth = client.ground_truth()
                     success, detail = goal.judge(truth, scene) if truth else (False, "no ground truth")
