@@ -55,7 +55,7 @@ _REQUIRED = {
     "skill_result": {"id": str, "success": bool, "message": str},
     "pick_place": {"id": str, "frame": str, "pick": dict, "place": dict},
     "arm_result": {"id": str, "success": bool, "message": str},
-    "ground_truth": {"frame": str, "base_pose": list, "objects": list},
+    "ground_truth": {"frame": str, "seed": int, "base_pose": list, "objects": list},
     "affordance_query": {"id": str, "texts": list},
     "affordance": {"id": str, "source": str, "values": list},
     "attribute_query": {"id": str, "question": str},
@@ -72,8 +72,8 @@ def _finite_number(value) -> bool:
 
 
 def _check_ground_truth(truth: dict) -> None:
-    seed = truth.get("seed", 0)
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+    seed = truth["seed"]
+    if isinstance(seed, bool) or seed < 0:
         raise ProtocolError("ground_truth: seed must be an integer >= 0")
     if not (isinstance(truth["base_pose"], list) and len(truth["base_pose"]) == 3
             and all(_finite_number(v) and abs(v) < MAX_SCENE_EXTENT_M for v in truth["base_pose"])):

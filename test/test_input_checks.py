@@ -37,8 +37,11 @@ def test_ground_truth_outside_the_scene_is_not_the_simulators():
         broken["objects"][0][field] = value
         with pytest.raises(protocol.ProtocolError):
             protocol.decode("ground_truth", json.dumps(broken))
-    with pytest.raises(protocol.ProtocolError, match="seed"):
-        protocol.decode("ground_truth", json.dumps({**truth, "seed": -1}))
+    for seed in (-1, True, 0.5):
+        with pytest.raises(protocol.ProtocolError, match="seed"):
+            protocol.decode("ground_truth", json.dumps({**truth, "seed": seed}))
+    with pytest.raises(protocol.ProtocolError, match="seed"):  # the render copy needs it (found by the fuzz)
+        protocol.decode("ground_truth", json.dumps({k: v for k, v in truth.items() if k != "seed"}))
 
 
 def test_affordance_values_and_queries_are_bounded():
