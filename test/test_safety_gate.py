@@ -134,10 +134,10 @@ def test_whatever_passes_is_within_limits_and_the_workspace(names, points, q_now
 def test_joint_states_are_believed_only_when_well_formed():
     names = NAMES + list(panda.FINGER_JOINT_NAMES)
     good = READY.tolist() + [0.04, 0.04]
-    q, problem = joint_state_positions(names, good, LIMITS)
+    q, problem = joint_state_positions(names, good)
     assert problem == "" and np.allclose(q, READY)
     shuffled = list(reversed(names))
-    q, _ = joint_state_positions(shuffled, list(reversed(good)), LIMITS)
+    q, _ = joint_state_positions(shuffled, list(reversed(good)))
     assert np.allclose(q, READY)
     nan = list(good)
     nan[2] = math.nan
@@ -145,7 +145,7 @@ def test_joint_states_are_believed_only_when_well_formed():
     far[0] = 10.0
     for bad_names, bad_positions in [(names, nan), (names, far), (names, good[:5]), (NAMES[:6], good[:6]),
                                      (names[:1] + names, [0.0] + good), (names, ["a"] * 9)]:
-        q, problem = joint_state_positions(bad_names, bad_positions, LIMITS)
+        q, problem = joint_state_positions(bad_names, bad_positions)
         assert q is None and problem
 
 

@@ -43,7 +43,7 @@ from ros_vla.nodes.common import (
 )
 from ros_vla.perception.ros_messages import matrix_from_transform, time_seconds
 from ros_vla.robot import panda
-from ros_vla.robot.gate import ArmGateLimits, joint_state_positions
+from ros_vla.robot.gate import joint_state_positions
 from ros_vla.robot.motion import (
     MotionConfig,
     Plan,
@@ -93,7 +93,6 @@ class ArmMotionNode(Node):
             place_clearance_m=p["place_clearance_m"],
         )
         self.limits = JointLimits()
-        self.state_limits = ArmGateLimits(workspace=self.cfg.workspace)
         self.armed = False  # the safety gate's word, from safety/status; a dry run until it says
         self.ready_pose = np.asarray(p["ready_pose"], float)
         self.ee_delta_period_s = p["ee_delta_period_s"]
@@ -156,7 +155,7 @@ class ArmMotionNode(Node):
 
     def on_joint_state(self, msg: JointState):
         """Only well-formed states: one with NaN or missing joints must not become "where the arm is"."""
-        _, problem = joint_state_positions(msg.name, msg.position, self.state_limits)
+        _, problem = joint_state_positions(msg.name, msg.position)
         if problem:
             return
         self.joint_state.set(msg)

@@ -478,8 +478,7 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
     from tqdm import tqdm
 
     from ros_vla.perception.ros_messages import time_seconds
-    from ros_vla.robot.gate import ArmGateLimits, joint_state_positions
-    from ros_vla.robot.safety import WorkspaceBox
+    from ros_vla.robot.gate import joint_state_positions
 
     rclpy.init()
     node = rclpy.create_node("ros_vla_fuzzer")
@@ -487,10 +486,9 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
     publishers = {family.name: node.create_publisher(family.msg_type, family.topic, family.qos)
                   for family in families}
     ctx = FuzzContext()
-    state_limits = ArmGateLimits(WorkspaceBox((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)))
 
     def on_joint_state(msg: JointState):
-        q, _ = joint_state_positions(msg.name, msg.position, state_limits)
+        q, _ = joint_state_positions(msg.name, msg.position)
         if q is not None:  # the simulator's: the fuzzer's own are never well-formed
             ctx.arm_q = tuple(q)
 

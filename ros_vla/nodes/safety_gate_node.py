@@ -256,7 +256,8 @@ class SafetyGateNode(Node):
 
     # ----------------------------------------------------------------- inputs
     def on_joint_state(self, msg: JointState):
-        q, problem = joint_state_positions(msg.name, msg.position, self.limits)
+        q, problem = joint_state_positions(msg.name, msg.position, self.limits.joint_limits,
+                                           self.limits.joint_state_tolerance_rad)
         if problem:
             self.refused["joint_states"] += 1
             return
@@ -357,9 +358,10 @@ class SafetyGateNode(Node):
         problem = self.base_stamps.problem(stamp_s, self.now_s(), command)
         if not problem and not finite(command):
             problem = f"velocity {command} is not finite"
-            command = (0.0, 0.0, 0.0)  # a broken source asks for a stop, not for its last command
-            self.base_command.set(command)
         if problem:
+            # The sender has moved on from its last accepted command (or is broken): keeping
+            # that one in force until the watchdog fires overshoots; the base slows down instead.
+            self.base_command.set((0.0, 0.0, 0.0))
             self.refuse("cmd_vel", problem, stamp_s)
             return
         self.base_stamps.accept(stamp_s, command)

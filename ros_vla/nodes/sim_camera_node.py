@@ -36,6 +36,7 @@ from ros_vla.nodes.common import (
 from ros_vla.paths import config_file
 from ros_vla.perception import ros_messages as rm
 from ros_vla.robot import panda
+from ros_vla.robot.gate import joint_state_positions
 from ros_vla.robot.kinematics import matrix_from_quaternion
 from ros_vla.sim.scene import CameraSpec, load_scene
 from ros_vla.sim.world import SimWorld
@@ -46,20 +47,13 @@ STATE_TOLERANCE_RAD = 0.1
 
 
 def joint_state_problem(msg: JointState) -> str:
-    names = list(msg.name)
-    if len(names) != len(msg.position) or len(set(names)) != len(names):
-        return "names and positions do not match"
-    position = dict(zip(names, msg.position))
-    if not all(name in position for name in panda.ARM_JOINT_NAMES + panda.FINGER_JOINT_NAMES):
-        return "missing joints"
-    arm = np.array([position[name] for name in panda.ARM_JOINT_NAMES])
-    fingers = np.array([position[name] for name in panda.FINGER_JOINT_NAMES])
-    if not (np.all(np.isfinite(arm)) and np.all(np.isfinite(fingers))):
-        return "non-finite joints"
-    lower = np.array(panda.ARM_JOINT_LOWER_RAD) - STATE_TOLERANCE_RAD
-    upper = np.array(panda.ARM_JOINT_UPPER_RAD) + STATE_TOLERANCE_RAD
-    if np.any(arm < lower) or np.any(arm > upper) or np.any(np.abs(fingers) > panda.FINGER_WIDTH_MAX_M):
-        return "joints outside what the robot can reach"
+    _, problem = joint_state_positions(msg.name, msg.position, tolerance_rad=STATE_TOLERANCE_RAD)
+    if problem:
+        return problem
+    position = dict(zip(msg.name, msg.position))
+    fingers = [position.get(name, np.nan) for name in panda.FINGER_JOINT_NAMES]
+    if not all(np.isfinite(v) and abs(v) <= panda.FINGER_WIDTH_MAX_M for v in fingers):
+        return "finger joints missing, non-finite or beyond the hand's travel"
     return ""
 
 

@@ -47,9 +47,11 @@ def outside_distance(box: WorkspaceBox, xyz: np.ndarray) -> float:
     return float(np.linalg.norm(np.maximum(np.maximum(below, above), 0.0)))
 
 
-def joint_state_positions(names, positions, limits: ArmGateLimits) -> tuple[np.ndarray | None, str]:
+def joint_state_positions(names, positions, joint_limits: JointLimits = JointLimits(),
+                          tolerance_rad: float = 0.05) -> tuple[np.ndarray | None, str]:
     """The arm's joint positions (in `panda.ARM_JOINT_NAMES` order) from a JointState's
-    names and positions, or (None, why the message cannot be believed)."""
+    names and positions, or (None, why the message cannot be believed: malformed, or
+    further than `tolerance_rad` outside the joint limits)."""
     names = list(names)
     try:
         values = np.asarray(positions, dtype=float)
@@ -65,8 +67,8 @@ def joint_state_positions(names, positions, limits: ArmGateLimits) -> tuple[np.n
     q = reorder_positions(list(arm), list(arm.values()), panda.ARM_JOINT_NAMES)
     if not finite(q):
         return None, "arm positions are not finite"
-    lower = np.array(limits.joint_limits.lower) - limits.joint_state_tolerance_rad
-    upper = np.array(limits.joint_limits.upper) + limits.joint_state_tolerance_rad
+    lower = np.array(joint_limits.lower) - tolerance_rad
+    upper = np.array(joint_limits.upper) + tolerance_rad
     if np.any(q < lower) or np.any(q > upper):
         return None, "arm positions outside what the joints can reach"
     return q, ""
