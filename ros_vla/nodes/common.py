@@ -217,11 +217,14 @@ class TaskJournal:
     ($ROS_HOME/ros_vla/<node>_domain<ROS_DOMAIN_ID>_task.json) so that a planner that died
     and respawned reports the interrupted task failed instead of leaving it "executing".
 
-    `report_failed(task_id, instruction)` publishes that failure on `status_pub`, once
-    someone listens there (right after start the publisher is not yet matched) or after 10 s.
+    The failure goes out through the planner's `publish_status(task_id, instruction, state,
+    message)` once someone listens on `status_pub` (right after start the publisher is not
+    yet matched) or after 10 s.
     """
 
-    def __init__(self, node: Node, status_pub, report_failed: Callable[[str, str], None]):
+    INTERRUPTED = "the planner restarted during this task (it died?): task failed, nothing more of it runs"
+
+    def __init__(self, node: Node, status_pub, publish_status: Callable[[str, str, str, str], None]):
         home = Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
         name = f"{node.get_name()}_domain{os.environ.get('ROS_DOMAIN_ID', '0')}_task.json"
         self.path = home / "ros_vla" / name
@@ -235,7 +238,7 @@ class TaskJournal:
                 if status_pub.get_subscription_count() == 0 and time.monotonic() - started < 10.0:
                     return
                 timer.cancel()
-                report_failed(interrupted["id"], str(interrupted.get("instruction", "")))
+                publish_status(interrupted["id"], str(interrupted.get("instruction", "")), "failed", self.INTERRUPTED)
 
             timer = node.create_timer(0.5, report_when_heard)
 

@@ -57,9 +57,7 @@ class InstructionNode(Node):
         self.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
                                  COMMAND_QOS)
         self.tasks = QueueWorker(self, self.work, "tasks")
-        self.journal = TaskJournal(self, self.status_pub, lambda task_id, text: self.status(
-            task_id, text, "failed", "the planner restarted during this task (it died?): task failed, "
-                                     "nothing more of it runs"))
+        self.journal = TaskJournal(self, self.status_pub, self.status)
 
     def status(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0):
         publish_json(self.status_pub, {"id": task_id, "instruction": instruction, "state": state,

@@ -114,9 +114,7 @@ class SayCanPlannerNode(Node):
         self.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
                                  COMMAND_QOS)
         self.tasks = QueueWorker(self, self.work, "saycan")
-        self.journal = TaskJournal(self, self.status_pub, lambda task_id, text: self.status(
-            task_id, text, "failed", "the planner restarted during this task (it died?): task failed, "
-                                     "nothing more of it runs"))
+        self.journal = TaskJournal(self, self.status_pub, self.status)
         # /diagnostics also on a timer: a monitor that starts later still learns whether the planner is up.
         self.create_timer(p["report_period_s"], self.report)
         self.tasks.put(("load", p, config))
