@@ -19,19 +19,16 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
-from pathlib import Path
 
 from std_msgs.msg import Int32
 
 from ros_vla import protocol
-from ros_vla.launcher import LaunchRunner, parse_launch_file
-from ros_vla.nodes.bench_fuzz import STARTUP_TIMEOUT_S, TASK, ControllerLimits, ControllerRecorder
+from ros_vla.nodes.bench_fuzz import ControllerLimits, ControllerRecorder
+from ros_vla.nodes.bench_stack import TASK, BenchStack
 from ros_vla.nodes.common import COMMAND_QOS
 from ros_vla.nodes.demo import expected_outcome
 from ros_vla.nodes.stack_client import StackClient
-from ros_vla.paths import config_file, launch_file
-from ros_vla.sim.scene import load_scene
+from ros_vla.paths import config_file
 
 # launch label (= node name) -> when to kill it, and an endpoint it makes when it is back
 FAULTS = {"instruction": ("arm moving", "/instruction", "subscription"),
@@ -53,40 +50,30 @@ def _endpoints(client: StackClient, label: str) -> set[bytes]:
 def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root: str = "outputs",
                      say=lambda line: None) -> dict:
     nodes = nodes or list(FAULTS)
-    report_dir = Path(output_root) / f"faults-{datetime.now():%Y%m%d-%H%M%S}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    log = open(report_dir / "nodes.log", "w", buffering=1)
-    scene = load_scene(config_file("scene_tabletop.yaml"))
-    views = [camera.namespace for camera in scene.cameras]
-    runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), {"seed": str(seed)}),
-                          emit=lambda line: log.write(line + "\n"))
-    runner.start()
-    client = StackClient("ros_vla_bench_faults")
-    recorder = ControllerRecorder(client, ControllerLimits.from_config(config_file("sim.yaml")))
-    arm_moving = threading.Event()  # the arm moves for the current task
-    arm_state = {"state": "idle", "at": time.monotonic()}
-    current = {"executing": threading.Event()}
+    with BenchStack("faults", output_root, {"seed": str(seed)}, say) as stack:
+        client, runner = stack.client, stack.runner
+        recorder = ControllerRecorder(client, ControllerLimits.from_config(config_file("sim.yaml")))
+        arm_moving = threading.Event()  # the arm moves for the current task
+        arm_state = {"state": "idle", "at": time.monotonic()}
+        current = {"executing": threading.Event()}
 
-    def on_arm_status(status: dict):
-        if status.get("state") != arm_state["state"]:
-            arm_state.update(state=status.get("state"), at=time.monotonic())
-        if status.get("state") == "moving" and current["executing"].is_set():
-            arm_moving.set()
+        def on_arm_status(status: dict):
+            if status.get("state") != arm_state["state"]:
+                arm_state.update(state=status.get("state"), at=time.monotonic())
+            if status.get("state") == "moving" and current["executing"].is_set():
+                arm_moving.set()
 
-    client.follow_json("/arm/status", on_arm_status)
-    reset = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
-    faults = []
-    try:
-        for view in views:
-            client.watch_camera(view)
-        say("launching the sim stack and waiting for it")
-        if not (client.wait_for_subscribers(STARTUP_TIMEOUT_S) and client.wait_for_images(views, STARTUP_TIMEOUT_S)):
-            raise RuntimeError("the sim stack did not come up")
+        def arm_still() -> bool:
+            return arm_state["state"] != "moving" and time.monotonic() - arm_state["at"] > 2.0
+
+        client.follow_json("/arm/status", on_arm_status)
+        reset = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
+        faults = []
+        stack.wait_until_up()
         for label in nodes:
             client.wait_until_idle(120.0)
             # A skill whose planner died goes on to its end: wait for the arm to be still.
-            client.wait_for(lambda: arm_state["state"] != "moving" and time.monotonic() - arm_state["at"] > 2.0,
-                            120.0)
+            client.wait_for(arm_still, 120.0)
             reset.publish(Int32(data=seed))
             time.sleep(3.0)
             arm_moving.clear()
@@ -127,12 +114,12 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
 
         say(f"after the faults: scene reset, then \"{TASK}\"")
         client.wait_until_idle(120.0)
-        client.wait_for(lambda: arm_state["state"] != "moving" and time.monotonic() - arm_state["at"] > 2.0, 120.0)
+        client.wait_for(arm_still, 120.0)
         reset.publish(Int32(data=seed))
         time.sleep(3.0)
         final = client.say(TASK, timeout_s=240.0)
         truth = client.ground_truth()
-        verified, detail = expected_outcome(TASK, truth, scene) if truth else (False, "no ground truth")
+        verified, detail = expected_outcome(TASK, truth, stack.scene) if truth else (False, "no ground truth")
         result = {
             "faults": faults, "out_of_limit_commands": len(recorder.violations),
             "violations": [v for v in recorder.violations if v][:20],
@@ -140,14 +127,8 @@ def run_bench_faults(nodes: list[str] | None = None, seed: int = 0, output_root:
             "task_after": final["state"] if final else "timeout",
             "task_after_message": final["message"] if final else "no final status",
             "task_after_ground_truth_success": verified, "task_after_ground_truth_detail": detail,
-            "report_dir": str(report_dir),
         }
-    finally:
-        client.close()
-        runner.shutdown()
-        log.close()
-    (report_dir / "report.json").write_text(json.dumps(result, indent=2))
-    return result
+    return stack.write_report(result)
 
 
 def main(argv: list[str] | None = None) -> int:

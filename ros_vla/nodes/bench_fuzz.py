@@ -30,8 +30,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import yaml
@@ -40,18 +38,15 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Int32, String
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_vla.launcher import LaunchRunner, parse_launch_file
+from ros_vla.nodes.bench_stack import TASK, BenchStack
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS
 from ros_vla.nodes.demo import expected_outcome
 from ros_vla.nodes.stack_client import StackClient
-from ros_vla.paths import config_file, launch_file
+from ros_vla.paths import config_file
 from ros_vla.perception.ros_messages import time_seconds
 from ros_vla.robot import kinematics, panda
-from ros_vla.sim.scene import load_scene
 
 CONTROLLER_TOPICS = ("/fr3_arm_controller/joint_trajectory", "/fr3_gripper/command", "/cmd_vel")
-TASK = "put the red block in the green bowl"
-STARTUP_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -136,10 +131,14 @@ class ControllerRecorder:
     client: StackClient
     limits: ControllerLimits
     counts: dict = field(default_factory=lambda: {topic: 0 for topic in CONTROLLER_TOPICS})
-    from_others: dict = field(default_factory=lambda: {topic: 0 for topic in CONTROLLER_TOPICS})
+    # (topic, publisher gid) -> messages not known to be the gate's when they arrived
+    unattributed: dict = field(default_factory=dict)
     violations: list = field(default_factory=list)
     joint_state_violations: list = field(default_factory=list)
-    checking_joint_states: bool = False
+    # "stack": only the gate should publish on the controller topics, so every message there
+    # is checked; "controllers": the fuzzer publishes there too, only the gate's are checked
+    # and the simulator's measured joints must stay inside their limits.
+    phase: str = "stack"
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -154,7 +153,7 @@ class ControllerRecorder:
 
     def _from(self, topic: str, node_name: str, info) -> bool:
         """Whether a message came from `node_name` (looked up again when a gid is new: respawns)."""
-        gid = bytes(info["publisher_gid"]["data"]) if isinstance(info, dict) else bytes(info.publisher_gid["data"])
+        gid = bytes(info["publisher_gid"]["data"])  # rclpy's MessageInfo
         key = (topic, node_name)
         if gid not in self._gids.get(key, set()):
             self._gids[key] = {bytes(endpoint.endpoint_gid) for endpoint in
@@ -162,12 +161,22 @@ class ControllerRecorder:
         return gid in self._gids[key]
 
     def _counted(self, topic: str, info) -> bool:
+        """Count a controller message; whether to check it against the limits."""
         with self._lock:
             self.counts[topic] += 1
             if self._from(topic, "safety_gate", info):
                 return True
-            self.from_others[topic] += 1
-            return False
+            key = (topic, bytes(info["publisher_gid"]["data"]))
+            self.unattributed[key] = self.unattributed.get(key, 0) + 1
+            return self.phase == "stack"
+
+    def bypass_messages(self) -> int:
+        """Messages on the controller topics from anyone but the gate. Resolved again now: the
+        first messages of a publisher can arrive before the graph lists it."""
+        with self._lock:
+            gate = {topic: {bytes(e.endpoint_gid) for e in self.client.node.get_publishers_info_by_topic(topic)
+                            if e.node_name == "safety_gate"} for topic in CONTROLLER_TOPICS}
+            return sum(count for (topic, gid), count in self.unattributed.items() if gid not in gate[topic])
 
     def _violation(self, topic: str, reason: str):
         with self._lock:
@@ -181,7 +190,7 @@ class ControllerRecorder:
             return
         q = np.array([msg.position[list(msg.name).index(n)] for n in panda.ARM_JOINT_NAMES], float)
         self._q_now = q
-        if self.checking_joint_states:
+        if self.phase == "controllers":
             lower, upper = np.array(panda.ARM_JOINT_LOWER_RAD), np.array(panda.ARM_JOINT_UPPER_RAD)
             if not np.all(np.isfinite(q)) or np.any(q < lower - 0.05) or np.any(q > upper + 0.05):
                 self.joint_state_violations.append({"stamp": time_seconds(msg.header.stamp), "q": q.tolist()})
@@ -240,52 +249,30 @@ def run_bench_fuzz(inputs: int = 10_000, controller_inputs: int = 2_000, seed: i
     def say(line: str):
         print(f"[fuzz {time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)
 
-    scene = load_scene(config_file("scene_tabletop.yaml"))
-    views = [camera.namespace for camera in scene.cameras]
-    report_dir = Path(output_root) / f"fuzz-{datetime.now():%Y%m%d-%H%M%S}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    log = open(report_dir / "nodes.log", "w", buffering=1)
-    say(f"node logs -> {report_dir / 'nodes.log'}")
-    deaths: list[str] = []
-
-    def on_line(line: str):
-        log.write(line + "\n")
-        if "process has died" in line:
-            deaths.append(line)
-            say(line)
-
-    nodes = parse_launch_file(launch_file("sim.launch.xml"),
-                              {"rt1": "true", "saycan": "true" if planner == "saycan" else "false"})
-    runner = LaunchRunner(nodes, emit=on_line)
-    runner.start()
-    client = StackClient("ros_vla_bench_fuzz")
-    recorder = ControllerRecorder(client, ControllerLimits.from_config(config_file("sim.yaml")))
-    refusals = {"count": 0}
-    client.node.create_subscription(String, "/safety/refused",
-                                    lambda m: refusals.__setitem__("count", refusals["count"] + 1), COMMAND_QOS)
-    try:
-        for view in views:
-            client.watch_camera(view)
-        say("launching the sim stack and waiting for it")
-        if not (client.wait_for_subscribers(STARTUP_TIMEOUT_S)
-                and client.wait_for_images(views, STARTUP_TIMEOUT_S)):
-            raise RuntimeError("the sim stack did not come up")
+    launch_args = {"rt1": "true", "saycan": "true" if planner == "saycan" else "false"}
+    with BenchStack("fuzz", output_root, launch_args, say) as stack:
+        client = stack.client
+        recorder = ControllerRecorder(client, ControllerLimits.from_config(config_file("sim.yaml")))
+        refusals = {"count": 0}
+        client.node.create_subscription(String, "/safety/refused",
+                                        lambda m: refusals.__setitem__("count", refusals["count"] + 1), COMMAND_QOS)
+        stack.wait_until_up()
         time.sleep(3.0)
-        deaths_before = len(deaths)
+        deaths_before = len(stack.deaths)
         say(f"phase 1: {inputs} inputs on every topic the stack listens to, {rate_hz:g}/s")
-        stack_phase = _run_fuzzer("stack", inputs, seed, rate_hz, views, list(scene.stations))
+        stack_phase = _run_fuzzer("stack", inputs, seed, rate_hz, stack.views, list(stack.scene.stations))
         time.sleep(3.0)
-        stack_deaths = deaths[deaths_before:]
-        stack_bypass = sum(recorder.from_others.values())
+        stack_deaths = stack.deaths[deaths_before:]
+        stack_bypass = recorder.bypass_messages()
 
         say(f"phase 2: {controller_inputs} inputs straight to the controller topics")
-        recorder.checking_joint_states = True
-        deaths_before = len(deaths)
-        controller_phase = _run_fuzzer("controllers", controller_inputs, seed + 1, rate_hz, views,
-                                       list(scene.stations))
+        recorder.phase = "controllers"
+        deaths_before = len(stack.deaths)
+        controller_phase = _run_fuzzer("controllers", controller_inputs, seed + 1, rate_hz, stack.views,
+                                       list(stack.scene.stations))
         time.sleep(3.0)
-        recorder.checking_joint_states = False
-        controller_deaths = deaths[deaths_before:]
+        recorder.phase = "stack"
+        controller_deaths = stack.deaths[deaths_before:]
 
         say(f"normal task after the fuzzing: scene reset (seed {seed}), then \"{TASK}\"")
         reset = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
@@ -305,7 +292,7 @@ def run_bench_fuzz(inputs: int = 10_000, controller_inputs: int = 2_000, seed: i
         time.sleep(3.0)
         final = client.say(TASK, timeout_s=300.0, on_status=lambda s: say(f"  task {s['state']}: {s['message']}"))
         truth = client.ground_truth()
-        verified, detail = expected_outcome(TASK, truth, scene) if truth else (False, "no ground truth")
+        verified, detail = expected_outcome(TASK, truth, stack.scene) if truth else (False, "no ground truth")
         result = {
             "planner": planner, "seed": seed, "rate_hz": rate_hz,
             "stack_inputs_sent": sum(stack_phase["sent"].values()), "stack_inputs_by_family": stack_phase["sent"],
@@ -321,14 +308,9 @@ def run_bench_fuzz(inputs: int = 10_000, controller_inputs: int = 2_000, seed: i
             "task": TASK, "task_state": final["state"] if final else "timeout",
             "task_message": final["message"] if final else "no final status",
             "task_ground_truth_success": verified, "task_ground_truth_detail": detail,
-            "wall_s": round(time.monotonic() - started, 1), "report_dir": str(report_dir),
+            "wall_s": round(time.monotonic() - started, 1),
         }
-    finally:
-        client.close()
-        runner.shutdown()
-        log.close()
-    (report_dir / "report.json").write_text(json.dumps(result, indent=2))
-    return result
+    return stack.write_report(result)
 
 
 def fuzz_passed(result: dict) -> bool:

@@ -25,8 +25,6 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -35,14 +33,10 @@ from geometry_msgs.msg import TwistStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Int32, String
 
-from ros_vla.launcher import LaunchRunner, parse_launch_file
-from ros_vla.nodes.bench_fuzz import STARTUP_TIMEOUT_S
+from ros_vla.nodes.bench_stack import BenchStack
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
 from ros_vla.nodes.demo import expected_outcome
-from ros_vla.nodes.stack_client import StackClient
-from ros_vla.paths import config_file, launch_file
 from ros_vla.perception.ros_messages import time_seconds
-from ros_vla.sim.scene import load_scene
 
 STREAM = ("reset", "put the red block in the green bowl", "go to the user", "go to the table",
           "rt1:pick up the blue block", "put the blue block in the purple bowl")
@@ -84,103 +78,82 @@ def _rss_mb(process) -> float | None:
 
 def run_bench_soak(minutes: float = 10.0, seed: int = 0, planner: str = "rules", output_root: str = "outputs",
                    say=lambda line: None) -> dict:
-    report_dir = Path(output_root) / f"soak-{datetime.now():%Y%m%d-%H%M%S}"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    log = open(report_dir / "nodes.log", "w", buffering=1)
-    scene = load_scene(config_file("scene_tabletop.yaml"))
-    views = [camera.namespace for camera in scene.cameras]
-    deaths: list[str] = []
-
-    def on_line(line: str):
-        log.write(line + "\n")
-        if "process has died" in line:
-            deaths.append(line)
-            say(line)
-
     launch_args = {"seed": str(seed), "rt1": "true", "saycan": "true" if planner == "saycan" else "false"}
-    runner = LaunchRunner(parse_launch_file(launch_file("sim.launch.xml"), launch_args), emit=on_line)
-    runner.start()
-    client = StackClient("ros_vla_bench_soak")
-    node = client.node
-    frames = {view: GapCounter(1.0 / camera.rate_hz) for view, camera in zip(views, scene.cameras)}
-    for view in views:
-        node.create_subscription(Image, f"/{view}/camera/color/image_raw", frames[view], SENSOR_QOS)
-    joint_states = GapCounter(0.01)
-    node.create_subscription(JointState, "/joint_states", joint_states, SENSOR_QOS)
-    base_commands = GapCounter(0.02)
-    node.create_subscription(TwistStamped, "/cmd_vel", base_commands, COMMAND_QOS)
-    rt1_counters: dict = {}
-
-    def on_diagnostics(msg: DiagnosticArray):
-        for status in msg.status:
-            if status.name == "ros_vla: rt1_policy":
-                values = {kv.key: kv.value for kv in status.values}
-                if "deadline_misses" in values:
-                    rt1_counters.update(values)
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, STATUS_QOS)
-    skill_results: dict = {}
-    client.follow_json("/skill/result", lambda r: skill_results.__setitem__(r.get("id"), r))
-    skill_pub = node.create_publisher(String, "/skill/request", COMMAND_QOS)
-    reset_pub = node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
-    memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    stop_sampling = threading.Event()
-    outcomes: Counter = Counter()
-    tasks = []
-    try:
+    with BenchStack("soak", output_root, launch_args, say) as stack:
+        client, runner, scene, views = stack.client, stack.runner, stack.scene, stack.views
+        node = client.node
+        frames = {view: GapCounter(1.0 / camera.rate_hz) for view, camera in zip(views, scene.cameras)}
         for view in views:
-            client.watch_camera(view)
-        say("launching the sim stack and waiting for it")
-        if not (client.wait_for_subscribers(STARTUP_TIMEOUT_S) and client.wait_for_images(views, STARTUP_TIMEOUT_S)):
-            raise RuntimeError("the sim stack did not come up")
-        started = time.monotonic()
+            node.create_subscription(Image, f"/{view}/camera/color/image_raw", frames[view], SENSOR_QOS)
+        joint_states = GapCounter(0.01)
+        node.create_subscription(JointState, "/joint_states", joint_states, SENSOR_QOS)
+        base_commands = GapCounter(0.02)
+        node.create_subscription(TwistStamped, "/cmd_vel", base_commands, COMMAND_QOS)
+        rt1_counters: dict = {}
 
-        def sample_memory():
-            while not stop_sampling.wait(MEMORY_PERIOD_S):
-                for label, process in runner.processes.items():
-                    rss = _rss_mb(process)
-                    if rss is not None:
-                        memory[label].append((time.monotonic() - started, rss))
+        def on_diagnostics(msg: DiagnosticArray):
+            for status in msg.status:
+                if status.name == "ros_vla: rt1_policy":
+                    values = {kv.key: kv.value for kv in status.values}
+                    if "deadline_misses" in values:
+                        rt1_counters.update(values)
 
-        sampler = threading.Thread(target=sample_memory, daemon=True)
-        sampler.start()
-        deadline = started + minutes * 60.0
-        index = 0
-        while time.monotonic() < deadline:
-            step = STREAM[index % len(STREAM)]
-            index += 1
-            if step == "reset":
-                reset_pub.publish(Int32(data=seed + index))
-                time.sleep(3.0)
-                continue
-            began = time.monotonic()
-            if step.startswith("rt1:"):
-                request_id = uuid.uuid4().hex[:8]
-                skill_pub.publish(String(data=json.dumps({"id": request_id, "skill": "rt1", "text": step[4:],
-                                                          "args": {}})))
-                reply = client.wait_for(lambda: skill_results.get(request_id), 120.0)
-                state = "timeout" if reply is None else ("succeeded" if reply.get("success") else "failed")
-                message = reply.get("message", "") if reply else "no skill result"
-                verified = None
-            else:
-                final = client.say(step, timeout_s=240.0)
-                state, message = (final["state"], final["message"]) if final else ("timeout", "no final status")
-                verified = None
-                if step.startswith("put"):
-                    truth = client.ground_truth()
-                    verified = expected_outcome(step, truth, scene)[0] if truth else False
-            outcomes[state] += 1
-            tasks.append({"instruction": step, "state": state, "message": message[:200],
-                          "ground_truth_success": verified, "seconds": round(time.monotonic() - began, 1)})
-            say(f"  {step}: {state} ({message[:80]}) in {tasks[-1]['seconds']} s")
-        stop_sampling.set()
-        sampler.join(timeout=MEMORY_PERIOD_S + 1)
-        soak_s = time.monotonic() - started
-    finally:
-        stop_sampling.set()
-        client.close()
-        runner.shutdown()
-        log.close()
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, STATUS_QOS)
+        skill_results: dict = {}
+        client.follow_json("/skill/result", lambda r: skill_results.__setitem__(r.get("id"), r))
+        skill_pub = node.create_publisher(String, "/skill/request", COMMAND_QOS)
+        reset_pub = node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
+        memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        stop_sampling = threading.Event()
+        outcomes: Counter = Counter()
+        tasks = []
+        try:
+            stack.wait_until_up()
+            started = time.monotonic()
+
+            def sample_memory():
+                while not stop_sampling.wait(MEMORY_PERIOD_S):
+                    for label, process in runner.processes.items():
+                        rss = _rss_mb(process)
+                        if rss is not None:
+                            memory[label].append((time.monotonic() - started, rss))
+
+            sampler = threading.Thread(target=sample_memory, daemon=True)
+            sampler.start()
+            deadline = started + minutes * 60.0
+            index = 0
+            while time.monotonic() < deadline:
+                step = STREAM[index % len(STREAM)]
+                index += 1
+                if step == "reset":
+                    reset_pub.publish(Int32(data=seed + index))
+                    time.sleep(3.0)
+                    continue
+                began = time.monotonic()
+                if step.startswith("rt1:"):
+                    request_id = uuid.uuid4().hex[:8]
+                    skill_pub.publish(String(data=json.dumps({"id": request_id, "skill": "rt1", "text": step[4:],
+                                                              "args": {}})))
+                    reply = client.wait_for(lambda: skill_results.get(request_id), 120.0)
+                    state = "timeout" if reply is None else ("succeeded" if reply.get("success") else "failed")
+                    message = reply.get("message", "") if reply else "no skill result"
+                    verified = None
+                else:
+                    final = client.say(step, timeout_s=240.0)
+                    state, message = (final["state"], final["message"]) if final else ("timeout", "no final status")
+                    verified = None
+                    if step.startswith("put"):
+                        truth = client.ground_truth()
+                        verified = expected_outcome(step, truth, scene)[0] if truth else False
+                outcomes[state] += 1
+                tasks.append({"instruction": step, "state": state, "message": message[:200],
+                              "ground_truth_success": verified, "seconds": round(time.monotonic() - began, 1)})
+                say(f"  {step}: {state} ({message[:80]}) in {tasks[-1]['seconds']} s")
+            stop_sampling.set()
+            sampler.join(timeout=MEMORY_PERIOD_S + 1)
+            soak_s = time.monotonic() - started
+        finally:
+            stop_sampling.set()
 
     growth = {}
     for label, samples in memory.items():
@@ -192,7 +165,8 @@ def run_bench_soak(minutes: float = 10.0, seed: int = 0, planner: str = "rules",
                              "growth_pct": round(100.0 * (np.median(late) / np.median(early) - 1.0), 2)}
     picks = [t for t in tasks if t["ground_truth_success"] is not None]
     result = {
-        "minutes": round(soak_s / 60.0, 2), "planner": planner, "node_crashes": len(deaths), "crashed": deaths,
+        "minutes": round(soak_s / 60.0, 2), "planner": planner,
+        "node_crashes": len(stack.deaths), "crashed": stack.deaths,
         "memory": growth, "max_growth_pct": max((g["growth_pct"] for g in growth.values()), default=None),
         "camera_frames": {view: counter.summary() for view, counter in frames.items()},
         "joint_states": joint_states.summary(), "gate_cmd_vel": base_commands.summary(),
@@ -200,10 +174,9 @@ def run_bench_soak(minutes: float = 10.0, seed: int = 0, planner: str = "rules",
                                                        "latency_median_ms", "latency_max_ms", "deadline_ms")},
         "tasks": dict(outcomes), "tasks_sent": len(tasks),
         "pick_place_ground_truth": f"{sum(bool(t['ground_truth_success']) for t in picks)}/{len(picks)}",
-        "task_log": tasks, "report_dir": str(report_dir),
+        "task_log": tasks,
     }
-    (report_dir / "report.json").write_text(json.dumps(result, indent=2))
-    return result
+    return stack.write_report(result)
 
 
 def main(argv: list[str] | None = None) -> int:
