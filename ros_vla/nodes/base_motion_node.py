@@ -51,7 +51,8 @@ class BaseMotionNode(Node):
         p = declare(
             self, rate_hz=50.0, max_linear=0.5, max_angular=1.0, max_linear_accel=0.5,
             max_angular_accel=1.5, cmd_timeout_s=0.5, odom_timeout_s=0.5, goto_gain=1.5,
-            goto_position_tolerance_m=0.02, goto_yaw_tolerance_rad=0.03, goto_timeout_s=60.0, scene_file="",
+            goto_position_tolerance_m=0.02, goto_yaw_tolerance_rad=0.03, goto_settled_linear_mps=0.02,
+            goto_settled_angular_radps=0.05, goto_timeout_s=60.0, scene_file="",
         )
         self.period_s = 1.0 / p["rate_hz"]
         self.limiter = BaseVelocityLimiter(p["max_linear"], p["max_angular"], p["max_linear_accel"],
@@ -60,6 +61,7 @@ class BaseMotionNode(Node):
         self.odom_watchdog = Watchdog(p["odom_timeout_s"])
         self.goto_gain = p["goto_gain"]
         self.goto_tolerance = (p["goto_position_tolerance_m"], p["goto_yaw_tolerance_rad"])
+        self.goto_settled_speed = (p["goto_settled_linear_mps"], p["goto_settled_angular_radps"])
         self.goto_timeout_s = p["goto_timeout_s"]
         self.stations = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml")).stations
         self.diag = Diagnostics(self)
@@ -68,6 +70,7 @@ class BaseMotionNode(Node):
         self.status_pub = self.create_publisher(String, "base/status", STATUS_QOS)
         self.command = Latest((0.0, 0.0, 0.0))
         self.odom_pose = Latest()
+        self.odom_speed = Latest((0.0, 0.0))
         self.goto: tuple[str, tuple[float, float, float], float] | None = None
         self.estopped = False
         self.was_moving = False
@@ -110,6 +113,9 @@ class BaseMotionNode(Node):
             return  # no orientation (a zero or NaN quaternion): not a pose to drive from
         if not finite([position.x, position.y]):
             return
+        twist = msg.twist.twist
+        speed = (math.hypot(twist.linear.x, twist.linear.y), abs(twist.angular.z))
+        self.odom_speed.set(speed if finite(speed) else (math.inf, math.inf))
         self.odom_pose.set((position.x, position.y, math.atan2(rotation[1, 0], rotation[0, 0])))
         self.odom_watchdog.feed(time.monotonic())
 
@@ -147,7 +153,11 @@ class BaseMotionNode(Node):
             self.publish_status("failed", f"going to {name}: not there after {self.goto_timeout_s:.0f} s")
             return None
         body, wz, distance, heading_error = station_velocity(pose, goal, self.goto_gain)
-        if distance < self.goto_tolerance[0] and heading_error < self.goto_tolerance[1]:
+        # Arrived only once settled there: a node that got its odometry late (a loaded
+        # machine) passes through the station at speed and must come back, not stop past it.
+        linear, angular = self.odom_speed.get()
+        if (distance < self.goto_tolerance[0] and heading_error < self.goto_tolerance[1]
+                and linear < self.goto_settled_speed[0] and angular < self.goto_settled_speed[1]):
             self.goto = None
             self.publish_status("arrived", f"at {name}", station_reached=name)
             return None
