@@ -23,13 +23,19 @@ from ros_vla.robot import kinematics, panda
 from ros_vla.robot.kinematics import quaternion_from_matrix
 
 READY = [-1.571, -1.1, 0.0, -2.75, 0.0, 1.75, 0.785]
+LAUNCH_OUTPUT: list[str] = []
 
 
 @pytest.fixture(scope="module")
 def robot():
     isolated_domain(43)
-    runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml"), {"cameras": "false"}),
-                          emit=lambda line: print(line))
+    LAUNCH_OUTPUT.clear()
+
+    def emit(line: str):
+        LAUNCH_OUTPUT.append(line)
+        print(line)
+
+    runner = LaunchRunner(parse_launch_file(launch_file("robot.launch.xml"), {"cameras": "false"}), emit=emit)
     runner.start()
     client = StackClient("robot_launch_test")
     node = client.node
@@ -81,7 +87,9 @@ def pose_goal(xyz):
 def send_goal_until(goal_pub, goal: PoseStamped, received: dict, key: str, timeout_s: float = 30.0):
     """Publish the goal until something arrives on `key`. The stand-in driver runs in this
     process: a stall of it longer than robot.yaml's joint_state_timeout_s (0.2 s) makes
-    arm_motion refuse the goal for stale joint states, as it must. Any other refusal fails."""
+    arm_motion refuse the goal for stale joint states, as it must; a "dry run" answer means the
+    gate published the preview, which a starved test process may take longer to receive.
+    Any other refusal fails."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         seen = len(received["arm_status"])
@@ -92,7 +100,7 @@ def send_goal_until(goal_pub, goal: PoseStamped, received: dict, key: str, timeo
         if received[key]:
             return  # came just after the wait
         refusals = [s["message"] for s in statuses if s["state"] == "refused"]
-        assert all("fresh /joint_states" in r for r in refusals), refusals
+        assert all("fresh /joint_states" in r or "dry run" in r for r in refusals), refusals
     pytest.fail(f"nothing on {key} within {timeout_s} s of sending the goal")
 
 
@@ -106,11 +114,22 @@ def test_starts_disarmed_and_only_previews(robot):
     assert wait_until(lambda: any("dry run" in m.data for m in received["arm_status"]), 15.0)
     command = TwistStamped()
     command.twist.linear.x = 0.2
-    for _ in range(10):
+
+    def base_previewed() -> bool:
+        # Sent for as long as it takes: on a loaded machine a burst may go stale in base_motion
+        # or the gate before it is passed on, and stale commands are rightly refused.
         base_pub.publish(command)
-        time.sleep(0.05)
-    assert wait_until(lambda: max(m.twist.linear.x for m in received["base_preview"]) > 0.0, 15.0)
+        return max(m.twist.linear.x for m in received["base_preview"]) > 0.0
+
+    assert wait_until(base_previewed, 15.0)
     assert not received["controller"] and not received["cmd_vel"], "a disarmed robot was commanded"
+
+
+def test_cliport_without_calibration_stays_up_and_says_why(robot):
+    """robot.yaml names calibration/camera.yaml, which a clean checkout does not have: the
+    node must report it and keep running, not die and respawn in a loop."""
+    assert wait_until(lambda: any("[cliport]" in line and "left out" in line for line in LAUNCH_OUTPUT), 30.0)
+    assert not [line for line in LAUNCH_OUTPUT if "[cliport]: process has died" in line]
 
 
 def test_arming_service_sends_to_the_controller(robot):

@@ -27,6 +27,7 @@ import re
 import time
 
 import numpy as np
+import yaml
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
@@ -88,10 +89,20 @@ class CLIPortNode(Node):
         self.diag = Diagnostics(self)
         scene = load_scene(p["scene_file"] or config_file("scene_tabletop.yaml"))
         self.link0_in_base = scene.arm_mount_matrix()
-        self.view_poses = {view: self.camera_pose_in_link0(path) for view, path in zip(p["views"],
-                                                                                       p["calibration_files"])}
-        self.frames = {view: {"rgb": Latest(), "depth": Latest(), "info": Latest()} for view in p["views"]}
-        for view in p["views"]:
+        # A camera without a usable calibration is left out rather than taking the node down:
+        # a missing file would otherwise restart it in a loop (launch respawn), loading the
+        # model each time, and the planner could not hear why pick-and-place is unavailable.
+        self.view_poses, problems = {}, []
+        for view, path in zip(p["views"], p["calibration_files"]):
+            try:
+                self.view_poses[view] = self.camera_pose_in_link0(path)
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                problems.append(f"view '{view}' left out: {err} (make one with: ros-vla calibrate)")
+        self.calibration_problem = "; ".join(problems)
+        if problems:
+            self.get_logger().error(self.calibration_problem)
+        self.frames = {view: {"rgb": Latest(), "depth": Latest(), "info": Latest()} for view in self.view_poses}
+        for view in self.view_poses:
             base = f"{view}/camera"
             latest = self.frames[view]
             self.create_subscription(Image, f"{base}/color/image_raw",
@@ -171,7 +182,10 @@ class CLIPortNode(Node):
         folder = self.p["model_dir"] or str(model_dir("cliport_small"))
         try:
             self.agent = load_agent(folder, threads=self.p["threads"])
-            self.diag.publish("ok", f"CLIPort {self.agent.cfg.name} loaded from {folder}")
+            if self.calibration_problem:
+                self.diag.publish("error", f"CLIPort {self.agent.cfg.name} loaded; {self.calibration_problem}")
+            else:
+                self.diag.publish("ok", f"CLIPort {self.agent.cfg.name} loaded from {folder}")
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             self.load_error = f"no CLIPort model: {err}"
             self.diag.publish("error", self.load_error)
@@ -207,6 +221,8 @@ class CLIPortNode(Node):
             return False, f"cliport refused: {problem}"
         if self.agent is None:
             return False, self.load_error or "cliport: the model is still loading"
+        if not self.view_poses:
+            return False, f"cliport: no calibrated camera: {self.calibration_problem}"
         heightmap = self.heightmap(requested_at)
         if heightmap is None:
             return False, (f"cliport: no fresh colour + depth frames from {', '.join(self.frames)} within "
