@@ -13,6 +13,7 @@ from ros_vla.robot.gate import (
     Arming,
     StampCheck,
     gripper_problem,
+    hold_point,
     joint_state_positions,
     outside_distance,
     trajectory_problems,
@@ -129,6 +130,21 @@ def test_whatever_passes_is_within_limits_and_the_workspace(names, points, q_now
         for fraction in np.linspace(0.0, 1.0, 21):
             assert outside_distance(BOX, tool(previous + fraction * (q - previous))) < 2e-3
         previous, start = q, time_s
+
+
+@settings(max_examples=200, deadline=None)
+@given(in_limit_vectors, st.lists(st.floats(-0.05, 0.05), min_size=7, max_size=7))
+def test_a_hold_is_inside_the_limits_and_no_faster_than_what_passes(q, offset):
+    """The fuzz found a hold sent to an arm measured 1e-3 rad past a limit: that hold was
+    itself a command outside the limits."""
+    q_now = q + np.array(offset)  # a measured state may lie up to joint_state_tolerance_rad outside
+    q_hold, hold_s = hold_point(q_now, LIMITS, 0.05)
+    assert np.all(q_hold >= LOWER) and np.all(q_hold <= UPPER)
+    assert hold_s >= 0.05
+    inside = np.all(q_now >= LOWER) and np.all(q_now <= UPPER)
+    assert not inside or (np.array_equal(q_hold, q_now) and hold_s == 0.05)
+    speed = np.abs(q_hold - q_now) / hold_s
+    assert np.all(speed <= LIMITS.velocity_scale * np.array(panda.ARM_JOINT_VELOCITY_RAD_S) * (1 + 1e-9))
 
 
 def test_joint_states_are_believed_only_when_well_formed():

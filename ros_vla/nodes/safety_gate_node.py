@@ -62,6 +62,7 @@ from ros_vla.robot.gate import (
     Arming,
     StampCheck,
     gripper_problem,
+    hold_point,
     joint_state_positions,
     trajectory_problems,
 )
@@ -372,8 +373,10 @@ class SafetyGateNode(Node):
     def hold_trajectory(self, q_now: np.ndarray) -> JointTrajectory:
         msg = JointTrajectory(joint_names=list(panda.ARM_JOINT_NAMES))
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.points = [JointTrajectoryPoint(positions=[float(v) for v in q_now],
-                                           time_from_start=Duration(nanosec=int(HOLD_S * 1e9)))]
+        q_hold, hold_s = hold_point(q_now, self.limits, HOLD_S)
+        msg.points = [JointTrajectoryPoint(positions=[float(v) for v in q_hold],
+                                           time_from_start=Duration(sec=int(hold_s),
+                                                                    nanosec=int(hold_s % 1.0 * 1e9)))]
         return msg
 
     def publish_velocity(self, publisher, velocity):

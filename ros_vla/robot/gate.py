@@ -74,6 +74,18 @@ def joint_state_positions(names, positions, joint_limits: JointLimits = JointLim
     return q, ""
 
 
+def hold_point(q_now, limits: ArmGateLimits, hold_s: float) -> tuple[np.ndarray, float]:
+    """Where to hold an arm measured at `q_now`, and in how many seconds: there, or at the
+    nearest position inside the joint limits. A measured state may lie a little beyond a
+    limit (a simulator overshooting a command at the limit, an encoder's offset) and a hold
+    sent there is itself a command outside the limits; the way back in is taken no faster
+    than the trajectories the gate lets through."""
+    q_now = np.asarray(q_now, float)
+    q_hold = np.clip(q_now, limits.joint_limits.lower, limits.joint_limits.upper)
+    speed = limits.velocity_scale * np.asarray(limits.joint_limits.velocity, float)
+    return q_hold, max(hold_s, float(np.max(np.abs(q_hold - q_now) / speed)))
+
+
 def trajectory_problems(joint_names, points, q_now, limits: ArmGateLimits) -> list[str]:
     """Why the trajectory must not reach the controller; empty if it may.
 
