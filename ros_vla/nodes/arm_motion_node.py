@@ -83,7 +83,7 @@ class ArmMotionNode(Node):
         p = declare(
             self, velocity_scale=0.4, workspace_min=[-0.2, -0.7, 0.0],
             workspace_max=[0.9, 0.7, 0.9], approach_height_m=0.12, place_clearance_m=0.03,
-            ee_delta_timeout_s=0.5, ee_delta_period_s=0.1, joint_state_timeout_s=0.5,
+            ee_delta_timeout_s=0.5, ee_delta_period_s=0.1, joint_state_timeout_s=0.5, joint_state_wait_s=1.0,
             position_tolerance_rad=0.01, settle_timeout_s=3.0, gripper_settle_s=0.6,
             ready_pose=list(panda.READY_POSE),
         )
@@ -98,6 +98,7 @@ class ArmMotionNode(Node):
         self.ee_delta_period_s = p["ee_delta_period_s"]
         self.ee_delta_watchdog = Watchdog(p["ee_delta_timeout_s"])
         self.joint_state_timeout_s = p["joint_state_timeout_s"]
+        self.joint_state_wait_s = p["joint_state_wait_s"]
         self.position_tolerance = p["position_tolerance_rad"]
         self.settle_timeout_s = p["settle_timeout_s"]
         self.gripper_settle_s = p["gripper_settle_s"]
@@ -269,6 +270,20 @@ class ArmMotionNode(Node):
         except ValueError:
             return None
 
+    def positions_to_plan_from(self, what: str) -> np.ndarray:
+        """The arm's fresh joint positions, waiting up to joint_state_wait_s for them: a plan
+        must start where the arm is, and between two steps of a goal (the arm still) a
+        driver's or a loaded machine's short gap in /joint_states is not worth failing for."""
+        deadline = time.monotonic() + self.joint_state_wait_s
+        while (q_now := self.current_positions()) is None:
+            if self.estopped.is_set():
+                raise MotionAborted(f"{what}: interrupted by emergency stop")
+            if time.monotonic() > deadline:
+                raise MotionAborted(f"{what}: no fresh /joint_states for {self.joint_state_wait_s:g} s; "
+                                    f"not planning from an unknown position")
+            time.sleep(0.02)
+        return q_now
+
     def gripper_width(self) -> float | None:
         msg = self.joint_state.get()
         if msg is None:
@@ -396,11 +411,11 @@ class ArmMotionNode(Node):
         return self.gripper_width() or 0.0
 
     def run_pose_goal(self, target: np.ndarray) -> str:
-        self.execute(plan_pose_goal(self.current_positions(), target, self.cfg), "pose goal")
+        self.execute(plan_pose_goal(self.positions_to_plan_from("pose goal"), target, self.cfg), "pose goal")
         return "pose goal reached"
 
     def run_trajectory(self, msg: JointTrajectory) -> str:
-        q_now = self.current_positions()
+        q_now = self.positions_to_plan_from("joint trajectory")
         points = [(list(pt.positions), pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9)
                   for pt in msg.points]
         errors = validate_joint_trajectory(list(msg.joint_names), points, self.limits, panda.ARM_JOINT_NAMES,
@@ -419,14 +434,16 @@ class ArmMotionNode(Node):
         steps = pick_place_steps(pick["xyz"], float(pick.get("yaw", 0.0)), place["xyz"],
                                  float(place.get("yaw", 0.0)), self.cfg)
         for step in steps:
-            q_now = self.current_positions()
             if step.kind == "gripper":
                 width = self.actuate_gripper(step.width_m, step.name)
                 if step.name == "grasp" and width < self.cfg.min_grasp_width_m:
                     self.actuate_gripper(self.cfg.gripper_open_m, "open after missed grasp")
-                    self.execute(plan_joint_move(self.current_positions(), self.ready_pose, self.cfg), "return")
+                    self.execute(plan_joint_move(self.positions_to_plan_from("return"), self.ready_pose, self.cfg),
+                                 "return")
                     raise MotionAborted(f"grasp missed: fingers closed to {width * 1000:.1f} mm")
-            elif step.kind == "line":
+                continue
+            q_now = self.positions_to_plan_from(step.name)
+            if step.kind == "line":
                 self.execute(plan_cartesian_line(q_now, step.pose, self.cfg), step.name)
             elif step.kind == "joint":
                 self.execute(plan_pose_goal(q_now, step.pose, self.cfg), step.name)
