@@ -40,6 +40,7 @@ from ros_vla.nodes.common import (
     declare,
     publish_json,
     run_node,
+    when_heard,
 )
 from ros_vla.perception.ros_messages import matrix_from_transform, time_seconds
 from ros_vla.robot import panda
@@ -131,7 +132,8 @@ class ArmMotionNode(Node):
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
         self.goals = QueueWorker(self, self.work, "motion")
-        self.publish_status("idle", "ready")
+        self.status_published = False
+        when_heard(self, self.status_pub, lambda: self.status_published or self.publish_status("idle", "ready"))
 
     # ----------------------------------------------------------------- inputs
     def on_gate_status(self, msg: String):
@@ -293,6 +295,7 @@ class ArmMotionNode(Node):
 
     # ----------------------------------------------------------------- outputs
     def publish_status(self, state: str, message: str, **extra):
+        self.status_published = True
         publish_json(self.status_pub, {"state": state, "message": message, "goal_id": self.current_goal_id,
                                        "armed": self.armed, **extra})
 

@@ -212,6 +212,21 @@ class Replies:
         return None
 
 
+def when_heard(node: Node, publisher, action: Callable[[], None], timeout_s: float = 10.0):
+    """Call `action` once `publisher` has a subscriber, or after `timeout_s`. A message a
+    node publishes as it starts (a respawn's "ready", a journal's report) is lost on a
+    volatile topic: no subscriber has matched the new publisher yet."""
+    started = time.monotonic()
+
+    def check():
+        if publisher.get_subscription_count() == 0 and time.monotonic() - started < timeout_s:
+            return
+        timer.cancel()
+        action()
+
+    timer = node.create_timer(0.5, check)
+
+
 class TaskJournal:
     """The task a planner is carrying out, kept on disk
     ($ROS_HOME/ros_vla/<node>_domain<ROS_DOMAIN_ID>_task.json) so that a planner that died
@@ -232,15 +247,8 @@ class TaskJournal:
         interrupted = self._read()
         self.end()
         if interrupted is not None:
-            started = time.monotonic()
-
-            def report_when_heard():
-                if status_pub.get_subscription_count() == 0 and time.monotonic() - started < 10.0:
-                    return
-                timer.cancel()
-                publish_status(interrupted["id"], str(interrupted.get("instruction", "")), "failed", self.INTERRUPTED)
-
-            timer = node.create_timer(0.5, report_when_heard)
+            when_heard(node, status_pub, lambda: publish_status(
+                interrupted["id"], str(interrupted.get("instruction", "")), "failed", self.INTERRUPTED))
 
     def _read(self) -> dict | None:
         try:
