@@ -9,9 +9,10 @@ subscriptions: messages stay the CDR bytes that came off the wire, with no deser
 re-serialize of camera images. Its callbacks only stamp and queue those bytes; a writer
 thread writes the MCAP file (ros_vla/bagfile.py). The player republishes every message
 at its recorded time offset, divided by --rate, and drives /clock so nodes with
-use_sim_time follow the recording. It leaves out the controller command topics and /estop
-(ACTUATION_TOPICS) unless asked: they would reach the robot's controllers without the
-safety gate, and a replayed /estop false would release a stop someone pressed.
+use_sim_time follow the recording. It leaves out the controller command topics, /estop and
+/safety/status (ACTUATION_TOPICS) unless asked: they would reach the robot's controllers
+without the safety gate, a replayed /estop false would release a stop someone pressed, and
+a replayed gate status would tell arm_motion the robot is armed when the live gate is not.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ from ros_vla.paths import use_project_dds_profile
 
 # The graph's own bookkeeping, not robot data (rosbag2 leaves them out too).
 EXCLUDED_TOPICS = ("/rosout", "/parameter_events")
-# Replayed only with --include-actuation: they bypass the safety gate, or release its stop.
-ACTUATION_TOPICS = ("/fr3_arm_controller/joint_trajectory", "/fr3_gripper/command", "/cmd_vel", "/estop")
+# Replayed only with --include-actuation: they bypass the safety gate, release its stop, or speak for it.
+ACTUATION_TOPICS = ("/fr3_arm_controller/joint_trajectory", "/fr3_gripper/command", "/cmd_vel", "/estop",
+                    "/safety/status")
 DISCOVERY_PERIOD_S = 0.2  # cheap: only new topics are looked at closely
 # Deep enough to absorb a second of executor hiccups at /joint_states' 100 Hz.
 RECORD_DEPTH = 100
@@ -346,8 +348,8 @@ def replay_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.5,
                         help="seconds between creating the publishers and the first message, for discovery")
     parser.add_argument("--include-actuation", action="store_true",
-                        help=f"also replay {', '.join(ACTUATION_TOPICS)}: straight to the controllers, past the "
-                             "safety gate (only where no robot is listening)")
+                        help=f"also replay {', '.join(ACTUATION_TOPICS)}: controller commands past the safety "
+                             "gate, the stop and the gate's word on arming (only where no robot is listening)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     args = parser.parse_args(argv)
     if args.rate <= 0:
@@ -365,8 +367,8 @@ def replay_main(argv: list[str] | None = None) -> int:
             topics = sorted(set(args.topics) | ({CLOCK_TOPIC} & set(bag.topics)))
         left_out = [] if args.include_actuation else sorted(set(topics) & set(ACTUATION_TOPICS))
         if left_out:
-            print(f"not replaying {' '.join(left_out)}: they bypass the safety gate (--include-actuation to "
-                  "replay them)", file=sys.stderr)
+            print(f"not replaying {' '.join(left_out)}: they bypass or speak for the safety gate "
+                  "(--include-actuation to replay them)", file=sys.stderr)
             topics = [t for t in topics if t not in left_out]
         summary = replay(bag, topics, args.rate, args.loop, args.delay)
         rows = {t: (bag.topics[t].type_name, s["messages"], s["bytes"]) for t, s in summary["topics"].items()}
