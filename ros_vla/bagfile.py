@@ -1,7 +1,7 @@
 """ROS 2 bags in MCAP files, written the way rosbag2's MCAP storage plugin writes them.
 
 No rclpy here: messages are already-serialized CDR bytes, so this module is the file
-layer of `ros-vla record` / `ros-vla replay` (ros_vla/nodes/bag.py) and usable by
+layer of `ros-vla record` / `ros-vla replay` (ros_vla/tools/bag.py) and usable by
 training and evaluation code that only reads bags.
 
 What makes a file readable by `ros2 bag play FILE.mcap`, `ros2 bag info` and Foxglove:

@@ -42,7 +42,7 @@ from ros_vla.paths import use_project_dds_profile
 
 
 def _say(args) -> int:
-    from ros_vla.nodes.stack_client import StackClient
+    from ros_vla.tools.stack_client import StackClient
 
     client = StackClient("ros_vla_say")
     try:
@@ -73,7 +73,7 @@ def _launch(args, rest) -> int:
 
 
 def _demo(args) -> int:
-    from ros_vla.nodes.demo import run_demo
+    from ros_vla.tools.demo import run_demo
 
     return run_demo(instruction=args.instruction, seed=args.seed, output_root=args.output, as_json=args.json,
                     planner=args.planner)
@@ -81,7 +81,7 @@ def _demo(args) -> int:
 
 def _bench(args) -> int:
     if args.target == "sim":
-        from ros_vla.nodes.bench_sim import run_bench_sim
+        from ros_vla.tools.bench_sim import run_bench_sim
 
         return run_bench_sim(duration_s=args.duration or 20.0, as_json=args.json)
     if args.target == "rt1":
@@ -121,9 +121,9 @@ METHOD_COMMANDS = {
     ("eval", "rt1"): "ros_vla.rt1.eval:main",
     ("eval", "saycan"): "ros_vla.saycan.eval:main",
     ("bench", "saycan"): "ros_vla.saycan.bench:main",
-    ("bench", "fuzz"): "ros_vla.nodes.bench_fuzz:main",
-    ("bench", "faults"): "ros_vla.nodes.bench_faults:main",
-    ("bench", "soak"): "ros_vla.nodes.bench_soak:main",
+    ("bench", "fuzz"): "ros_vla.tools.bench_fuzz:main",
+    ("bench", "faults"): "ros_vla.tools.bench_faults:main",
+    ("bench", "soak"): "ros_vla.tools.bench_soak:main",
     ("train", "saycan-lm"): "ros_vla.saycan.train_lm:main",
     ("train", "saycan-value"): "ros_vla.saycan.affordance:train_main",
     ("demos", "saycan-value"): "ros_vla.saycan.affordance:data_main",
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "launch":
         return _launch(None, argv[1:])
     if argv and argv[0] in ("record", "replay"):
-        from ros_vla.nodes.bag import record_main, replay_main
+        from ros_vla.tools.bag import record_main, replay_main
 
         return {"record": record_main, "replay": replay_main}[argv[0]](argv[1:])
     if argv and argv[0] == "calibrate":

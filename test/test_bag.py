@@ -1,4 +1,4 @@
-"""`ros-vla record` / `ros-vla replay` (ros_vla/nodes/bag.py, ros_vla/bagfile.py).
+"""`ros-vla record` / `ros-vla replay` (ros_vla/tools/bag.py, ros_vla/bagfile.py).
 
 The sim stack is launched once for the module and recorded for a few seconds by the
 recorder in its own process; the file is then checked with the MCAP libraries alone and
@@ -48,7 +48,6 @@ from ros_vla.bagfile import (
     playback_events,
 )
 from ros_vla.launcher import LaunchRunner, NodeSpec, parse_launch_file
-from ros_vla.nodes.bag import ACTUATION_TOPICS, message_class
 from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
 from ros_vla.paths import config_file, launch_file, use_project_dds_profile
 from ros_vla.perception.ros_messages import time_seconds
@@ -56,6 +55,7 @@ from ros_vla.robot import panda
 from ros_vla.robot.kinematics import forward_kinematics, quaternion_from_matrix
 from ros_vla.robot.motion import MotionConfig, plan_pose_goal
 from ros_vla.robot.safety import WorkspaceBox
+from ros_vla.tools.bag import ACTUATION_TOPICS, message_class
 
 # The player waits this long for subscribers to match its new publishers before the first
 # message; DDS discovery between processes can take seconds on a loaded 2-core machine.
@@ -77,7 +77,7 @@ EXPECTED_TYPES = {
 # The arm is moved here before recording, so "the recorded state" is unmistakable.
 SIM_READY = np.array(yaml.safe_load(config_file("sim.yaml").read_text())["arm_motion"]["ros__parameters"]["ready_pose"])
 RECORDED_ARM_Q = SIM_READY + np.array([0.3, 0.2, 0.0, 0.25, 0.0, -0.1, 0.3])
-BAG_MAIN = "import sys; from ros_vla.nodes.bag import {0}; sys.exit({0}(sys.argv[1:]))"
+BAG_MAIN = "import sys; from ros_vla.tools.bag import {0}; sys.exit({0}(sys.argv[1:]))"
 
 
 def ros_env() -> dict:

@@ -10,7 +10,7 @@ import pytest
 from ros_test_utils import isolated_domain
 
 from ros_vla import protocol
-from ros_vla.nodes.bench_faults import FAULTS, run_bench_faults
+from ros_vla.tools.bench_faults import FAULTS, run_bench_faults
 
 CAUSE = {"instruction": "planner restarted", "cliport": "left while running", "arm_motion": "left mid-goal",
          "sim_camera": "no fresh colour + depth frames"}

@@ -5,7 +5,7 @@ to, then on the controller topics, then a normal task. The full run (10,000+ inp
 import pytest
 from ros_test_utils import isolated_domain
 
-from ros_vla.nodes.bench_fuzz import run_bench_fuzz
+from ros_vla.tools.bench_fuzz import run_bench_fuzz
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ros_vla.launcher import LaunchRunner, parse_launch_file
 from ros_vla.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATUS_QOS
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
 from ros_vla.perception.ros_messages import image_array, time_seconds
 from ros_vla.robot import panda
+from ros_vla.tools.stack_client import StackClient
 
 VIEWS = ("camera", "side", "wrist")
 EXPECTED_TOPICS = {

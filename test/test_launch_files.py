@@ -103,3 +103,10 @@ def test_the_gate_allows_what_the_planners_plan(name):
     for limit in ("max_linear", "max_angular", "max_linear_accel", "max_angular_accel"):
         assert base[limit] <= gate[limit], limit
     assert arm["joint_state_timeout_s"] == gate["joint_state_timeout_s"]
+
+
+def test_nodes_folder_holds_only_nodes():
+    """ros_vla/nodes/ is one node per module (each a console script) plus the helpers they
+    share; command-line clients live in ros_vla/tools/."""
+    modules = {path.stem for path in (ROOT / "ros_vla" / "nodes").glob("*.py")} - {"__init__", "common"}
+    assert modules == set(console_scripts())

@@ -17,10 +17,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ros_vla.launcher import LaunchRunner, parse_launch_file
 from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import launch_file
 from ros_vla.robot import kinematics, panda
 from ros_vla.robot.kinematics import quaternion_from_matrix
+from ros_vla.tools.stack_client import StackClient
 
 READY = [-1.571, -1.1, 0.0, -2.75, 0.0, 1.75, 0.785]
 LAUNCH_OUTPUT: list[str] = []

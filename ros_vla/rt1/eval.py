@@ -127,9 +127,9 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
     from ros_vla import protocol
     from ros_vla.launcher import LaunchRunner, parse_launch_file
     from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Replies, run_skill_request
-    from ros_vla.nodes.stack_client import StackClient
     from ros_vla.paths import launch_file
     from ros_vla.rt1.demos import draw_goal
+    from ros_vla.tools.stack_client import StackClient
 
     max_duration_s = 60.0
     launch_args = {"seed": str(first_seed), "rt1": "true", "rt1_model_dir": str(Path(model_dir).resolve())}

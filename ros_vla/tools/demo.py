@@ -22,11 +22,11 @@ from sensor_msgs.msg import Image as Image_msg
 
 from ros_vla.launcher import LaunchRunner, parse_launch_file
 from ros_vla.nodes.common import STATUS_QOS
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
 from ros_vla.perception.ros_messages import image_array
 from ros_vla.sim.goals import object_in_container
 from ros_vla.sim.scene import load_scene
+from ros_vla.tools.stack_client import StackClient
 
 STARTUP_TIMEOUT_S = 90.0
 

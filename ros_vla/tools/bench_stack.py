@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 from ros_vla.launcher import LaunchRunner, parse_launch_file
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
 from ros_vla.sim.scene import load_scene
+from ros_vla.tools.stack_client import StackClient
 
 STARTUP_TIMEOUT_S = 180.0
 TASK = "put the red block in the green bowl"

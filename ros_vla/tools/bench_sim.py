@@ -25,11 +25,11 @@ from sensor_msgs.msg import Image, JointState
 
 from ros_vla.launcher import LaunchRunner, parse_launch_file
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, SENSOR_QOS
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file, launch_file
 from ros_vla.perception.ros_messages import image_msg, time_msg, time_seconds
 from ros_vla.sim.scene import load_scene
 from ros_vla.sim.world import SimWorld
+from ros_vla.tools.stack_client import StackClient
 
 LATENCY_TOPIC = "/bench/latency_probe"
 
@@ -126,7 +126,7 @@ def measure_stack(scene, duration_s: float, say) -> dict:
         time.sleep(2.0)
         for counter in (*counters.values(), joint_counter):
             counter.take()
-        probe = subprocess.Popen([sys.executable, "-m", "ros_vla.nodes.bench_sim", "--latency-publisher",
+        probe = subprocess.Popen([sys.executable, "-m", "ros_vla.tools.bench_sim", "--latency-publisher",
                                   str(duration_s)])
         say(f"measuring for {duration_s:.0f} s")
         sim_start, wall_start = clock["sim"], time.monotonic()

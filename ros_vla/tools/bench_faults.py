@@ -24,12 +24,12 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Int32
 
 from ros_vla import protocol
-from ros_vla.nodes.bench_fuzz import ControllerLimits, ControllerRecorder
-from ros_vla.nodes.bench_stack import TASK, BenchStack
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS
-from ros_vla.nodes.demo import expected_outcome
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file
+from ros_vla.tools.bench_fuzz import ControllerLimits, ControllerRecorder
+from ros_vla.tools.bench_stack import TASK, BenchStack
+from ros_vla.tools.demo import expected_outcome
+from ros_vla.tools.stack_client import StackClient
 
 # launch label (= node name) -> when to kill it, and an endpoint it makes when it is back
 FAULTS = {"instruction": ("arm moving", "/instruction", "subscription"),

@@ -33,10 +33,10 @@ from geometry_msgs.msg import TwistStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Int32, String
 
-from ros_vla.nodes.bench_stack import BenchStack
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
-from ros_vla.nodes.demo import expected_outcome
 from ros_vla.perception.ros_messages import time_seconds
+from ros_vla.tools.bench_stack import BenchStack
+from ros_vla.tools.demo import expected_outcome
 
 STREAM = ("reset", "put the red block in the green bowl", "go to the user", "go to the table",
           "rt1:pick up the blue block", "put the blue block in the purple bowl")

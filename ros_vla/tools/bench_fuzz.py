@@ -38,13 +38,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Int32, String
 from trajectory_msgs.msg import JointTrajectory
 
-from ros_vla.nodes.bench_stack import TASK, BenchStack
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS
-from ros_vla.nodes.demo import expected_outcome
-from ros_vla.nodes.stack_client import StackClient
 from ros_vla.paths import config_file
 from ros_vla.perception.ros_messages import time_seconds
 from ros_vla.robot import kinematics, panda
+from ros_vla.tools.bench_stack import TASK, BenchStack
+from ros_vla.tools.demo import expected_outcome
+from ros_vla.tools.stack_client import StackClient
 
 CONTROLLER_TOPICS = ("/fr3_arm_controller/joint_trajectory", "/fr3_gripper/command", "/cmd_vel")
 
@@ -233,7 +233,7 @@ class ControllerRecorder:
 
 
 def _run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views, stations) -> dict:
-    command = [sys.executable, "-m", "ros_vla.nodes.fuzz_inputs", "--phase", phase, "--inputs", str(inputs),
+    command = [sys.executable, "-m", "ros_vla.tools.fuzz_inputs", "--phase", phase, "--inputs", str(inputs),
                "--seed", str(seed), "--rate", str(rate_hz), "--views", ",".join(views),
                "--stations", ",".join(stations)]
     process = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=inputs / rate_hz * 4 + 120)
