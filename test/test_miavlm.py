@@ -30,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     return MiniLMInstructionEncoder()
 

@@ -13,8 +13,6 @@ from ros_vla.rt1.bench import measure_row
 from ros_vla.rt1.config import RT1Config
 from ros_vla.rt1.model import (
     FiLM,
-    InstructionEncoder,
-    MiniLMInstructionEncoder,
     attention_mask,
     build_rt1,
     parameter_breakdown,
@@ -29,6 +27,7 @@ from ros_vla.rt1.runtime import (
     export_onnx,
     tensorrt_unavailable_reason,
 )
+from ros_vla.text_encoder import InstructionEncoder, MiniLMInstructionEncoder
 
 SMALL = RT1Config.small()
 STEPS = 9  # more than the 6-frame window, so it fills and then rolls

@@ -255,11 +255,11 @@ def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
     from ros_vla.robot.kinematics import forward_kinematics
     from ros_vla.robot.motion import MotionConfig
     from ros_vla.rt1.demos import execute_action, move_to_start
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
     from ros_vla.rt1.runtime import open_backend
     from ros_vla.sim.goals import pose_in_frame
     from ros_vla.sim.oracle import world_truth
     from ros_vla.sim.world import SimWorld
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     folder = model_dir("rt1_small")
     config = model_config(folder)

@@ -321,7 +321,7 @@ def build_model(cfg: CLIPortConfig):
     if cfg.language_encoder == "clip":
         encoder = ClipTextEncoder(clip_model)
     elif cfg.language_encoder == "minilm":
-        from ros_vla.rt1.model import MiniLMInstructionEncoder
+        from ros_vla.text_encoder import MiniLMInstructionEncoder
 
         encoder = MiniLMInstructionEncoder()
     else:

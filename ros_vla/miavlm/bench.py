@@ -36,7 +36,7 @@ def run_bench(weights: Path, repeats: int, threads: int) -> dict:
     import torch
 
     from ros_vla.miavlm.model import load_checkpoint, view_input
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     torch.set_num_threads(threads)
 

@@ -63,7 +63,7 @@ class AttributeChecker:
         self.benchmark = meta["benchmark"]
         self.max_views = model.config.max_views
         if encoder is None:
-            from ros_vla.rt1.model import MiniLMInstructionEncoder
+            from ros_vla.text_encoder import MiniLMInstructionEncoder
 
             encoder = MiniLMInstructionEncoder()
         self._encoder = encoder

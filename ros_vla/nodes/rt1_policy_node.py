@@ -165,7 +165,7 @@ class RT1PolicyNode(Node):
     def load(self, model_dir: Path):
         """Once, at start: the network on its backend, warmed up, and the sentence encoder."""
         try:
-            from ros_vla.rt1.model import MiniLMInstructionEncoder
+            from ros_vla.text_encoder import MiniLMInstructionEncoder
 
             policy = RT1Policy(open_backend(self.backend_name, self.config, model_dir), self.config)
             # The first run allocates and picks kernels (a deadline miss in a skill), and a

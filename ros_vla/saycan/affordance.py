@@ -93,7 +93,7 @@ class ValueFunction:
     def __init__(self, model_dir: str | Path, encoder=None):
         import torch
 
-        from ros_vla.rt1.model import MiniLMInstructionEncoder
+        from ros_vla.text_encoder import MiniLMInstructionEncoder
 
         self._torch = torch
         model_dir = Path(model_dir)
@@ -176,7 +176,7 @@ def train_value_function(data: dict, out: Path, epochs: int, seed: int, validati
     """Fit the network; episodes are split into training and validation sets."""
     import torch
 
-    from ros_vla.rt1.model import MiniLMInstructionEncoder
+    from ros_vla.text_encoder import MiniLMInstructionEncoder
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
