@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -42,7 +41,7 @@ from ros_vla.nodes.common import (
     run_node,
     when_heard,
 )
-from ros_vla.perception.ros_messages import matrix_from_transform, time_seconds
+from ros_vla.perception.ros_messages import duration_msg, matrix_from_transform, time_seconds
 from ros_vla.robot import panda
 from ros_vla.robot.gate import joint_state_positions
 from ros_vla.robot.motion import (
@@ -133,7 +132,7 @@ class ArmMotionNode(Node):
 
         self.goals = QueueWorker(self, self.work, "motion")
         self.status_published = False
-        when_heard(self, self.status_pub, lambda: self.status_published or self.publish_status("idle", "ready"))
+        when_heard(self, self.status_pub, self.announce_ready)
 
     # ----------------------------------------------------------------- inputs
     def on_gate_status(self, msg: String):
@@ -294,6 +293,11 @@ class ArmMotionNode(Node):
         return float(sum(fingers)) if len(fingers) == 2 else None
 
     # ----------------------------------------------------------------- outputs
+    def announce_ready(self):
+        """The first status, unless a goal has already said more."""
+        if not self.status_published:
+            self.publish_status("idle", "ready")
+
     def publish_status(self, state: str, message: str, **extra):
         self.status_published = True
         publish_json(self.status_pub, {"state": state, "message": message, "goal_id": self.current_goal_id,
@@ -311,10 +315,7 @@ class ArmMotionNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.joint_names = list(panda.ARM_JOINT_NAMES)
         for q, t in plan.points:
-            nanoseconds = int(round(t * 1e9))
-            msg.points.append(JointTrajectoryPoint(
-                positions=[float(v) for v in q],
-                time_from_start=Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)))
+            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in q], time_from_start=duration_msg(t)))
         return msg
 
     def send_trajectory(self, plan: Plan) -> bool:

@@ -55,7 +55,7 @@ from ros_vla.nodes.common import (
     publish_json,
     run_node,
 )
-from ros_vla.perception.ros_messages import time_seconds
+from ros_vla.perception.ros_messages import duration_msg, time_seconds
 from ros_vla.robot import panda
 from ros_vla.robot.gate import (
     ArmGateLimits,
@@ -375,8 +375,7 @@ class SafetyGateNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         q_hold, hold_s = hold_point(q_now, self.limits, HOLD_S)
         msg.points = [JointTrajectoryPoint(positions=[float(v) for v in q_hold],
-                                           time_from_start=Duration(sec=int(hold_s),
-                                                                    nanosec=int(hold_s % 1.0 * 1e9)))]
+                                           time_from_start=duration_msg(hold_s))]
         return msg
 
     def publish_velocity(self, publisher, velocity):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Transform, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -29,6 +29,12 @@ IMAGE_ENCODINGS = {
 def time_msg(seconds: float) -> Time:
     nanoseconds = int(round(seconds * 1e9))
     return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def duration_msg(seconds: float) -> Duration:
+    """A builtin_interfaces Duration (a trajectory point's time_from_start)."""
+    nanoseconds = int(round(seconds * 1e9))
+    return Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
 
 
 def time_seconds(stamp: Time) -> float:
