@@ -1,5 +1,5 @@
 # Quick start: `make demo` runs the simulated robot end to end, `make test` runs the tests.
-# Both set up .venv/ on first use (apt packages, PyPI wheels, tf2_msgs, this package).
+# Both set up .venv/ on first use (apt packages, PyPI wheels, message packages, this package).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ros_vla-installed
@@ -11,7 +11,7 @@ export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.py package.xml scripts/setup_env.sh scripts/build_msgs.sh $(shell find third_party/msgs -type f)
+$(STAMP): requirements.txt setup.py package.xml scripts/setup_env.sh scripts/build_msgs.sh $(shell find third_party/msgs interfaces -type f)
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 
