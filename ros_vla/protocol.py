@@ -1,33 +1,26 @@
-"""The stack's own messages: JSON payloads on std_msgs/String where no standard type fits.
+"""The stack's JSON compatibility layer: payloads on std_msgs/String, checked at run time.
 
-Every payload is a JSON object. `decode` validates the fields each kind needs and raises
-ProtocolError with a readable message, so a node can refuse bad input instead of crashing.
+The stack's interfaces are the ROS types of ros_vla_interfaces (interfaces/ros_vla_interfaces:
+`ros2 interface show ros_vla_interfaces/action/RunTask`) and standard messages; the README's
+interface table lists them. The JSON topics below stay for tools and scripts that publish a
+line of text (the fuzzer, benches, `ros2 topic pub`), and for the status topics no standard
+type fits. `decode` validates the fields each kind needs and raises ProtocolError with a
+readable message, so a node can refuse bad input instead of crashing.
 
-Topics (relative names; the launch files put them in the root namespace):
-
-| topic                     | type               | payload                                              |
+| topic                     | type               | payload (typed equivalent)                           |
 |---------------------------|--------------------|------------------------------------------------------|
-| /instruction              | String             | plain text from a person                             |
-| task/status               | String (JSON)      | TaskStatus: {id, instruction, state, message, plan, step} |
-| skill/request             | String (JSON)      | {id, skill, text, args}                              |
+| skill/request             | String (JSON)      | {id, skill, text, args} (action skill/<executor>)    |
 | skill/result              | String (JSON)      | {id, success, message}                               |
-| skill/affordance_query    | String (JSON)      | {id, texts:[skill text, ...]}                        |
+| skill/affordance_query    | String (JSON)      | {id, texts:[skill text, ...]} (srv cliport/affordance) |
 | skill/affordance          | String (JSON)      | {id, source, values:[p(success) per text, 0..1]}     |
-| attribute/query           | String (JSON)      | {id, question} e.g. "is the block red?"              |
+| attribute/query           | String (JSON)      | {id, question} e.g. "is the block red?" (srv attribute/check) |
 | attribute/answer          | String (JSON)      | {id, answer, confidence, views, message, view_weights} |
-| cliport/heatmaps          | Image (rgb8)       | CLIPort's pick/place heatmaps over its heightmap     |
-| arm/pick_place            | String (JSON)      | {id, frame, pick:{xyz,yaw}, place:{xyz,yaw}}         |
-| arm/pose_goal             | PoseStamped        | TCP pose target, frame fr3_link0                     |
-| arm/ee_delta              | TransformStamped   | TCP displacement (frame fr3_link0), one per control period |
-| arm/joint_trajectory      | JointTrajectory    | joint-space request, checked then forwarded          |
-| arm/gripper               | Float64            | gripper width request from a policy, gated like the rest |
+| arm/pick_place            | String (JSON)      | {id, frame, pick:{xyz,yaw}, place:{xyz,yaw}} (arm/pick_and_place) |
 | arm/result                | String (JSON)      | {id, success, message, gripper_width_m}              |
+| base/goto                 | String             | station name (action base/go_to_station)             |
 | arm/status, base/status   | String (JSON)      | {state, message, ...}                                |
-| base/goto                 | String             | station name (config: stations)                      |
-| base/cmd_vel              | TwistStamped       | base velocity request, limited then sent to /cmd_vel |
 | safety/status             | String (JSON)      | latched: {armed, estop, forwarding, controllers, message, refused} |
 | safety/refused            | String (JSON)      | {command, stamp, reason}: a command the gate did not forward |
-| /fr3_gripper/command      | Float64            | gripper opening width in metres (0 = grasp)          |
 | speech/status             | String (JSON)      | {text, confidence, source, heard, accepted, duration_s} |
 | /sim/ground_truth/objects | String (JSON)      | sim only: {stamp, frame, base_pose, objects:[...]}   |
 """
@@ -38,8 +31,9 @@ import json
 import math
 from typing import Any
 
-TASK_STATES = ("received", "executing", "succeeded", "failed", "refused", "stopped")
-TERMINAL_TASK_STATES = ("succeeded", "failed", "refused", "stopped")
+# ros_vla_interfaces/TaskStatus's states.
+TASK_STATES = ("received", "executing", "succeeded", "failed", "refused", "stopped", "canceled")
+TERMINAL_TASK_STATES = ("succeeded", "failed", "refused", "stopped", "canceled")
 MAX_INSTRUCTION_CHARS = 500
 MAX_SCENE_EXTENT_M = 1000.0  # simulator poses further out than this are not the simulator's
 MAX_AFFORDANCE_TEXTS = 64  # one query is one planning step's skills, not a flood
@@ -50,7 +44,6 @@ class ProtocolError(ValueError):
 
 
 _REQUIRED = {
-    "task_status": {"id": str, "instruction": str, "state": str, "message": str},
     "skill_request": {"id": str, "skill": str, "text": str, "args": dict},
     "skill_result": {"id": str, "success": bool, "message": str},
     "pick_place": {"id": str, "frame": str, "pick": dict, "place": dict},
@@ -127,6 +120,4 @@ def decode(kind: str, text: str) -> dict[str, Any]:
         raise ProtocolError(f"attribute_answer: answer must be one of {ATTRIBUTE_ANSWERS}")
     if kind == "ground_truth":
         _check_ground_truth(payload)
-    if kind == "task_status" and payload["state"] not in TASK_STATES:
-        raise ProtocolError(f"task_status: unknown state '{payload['state']}'")
     return payload

@@ -19,6 +19,7 @@ import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from ros_test_utils import isolated_domain, start_node_process, wait_until
+from ros_vla_interfaces.srv import AttributeQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
@@ -155,6 +156,23 @@ def test_answers_about_the_rendered_object_with_the_views_it_has(checker, scene)
         assert 0.5 <= answer["confidence"] <= 1.0
         assert len(answer["view_weights"]) == len(PUBLISHED) and sum(answer["view_weights"]) == pytest.approx(1, 1e-3)
         assert f"{NEVER_PUBLISHED}: no frame yet" in answer["message"]
+
+
+def test_the_check_service_gives_the_same_answer_as_the_topic(checker, scene):
+    checker.cameras(*PUBLISHED)
+    client = checker.node.create_client(AttributeQuery, "/attribute/check")
+    assert client.wait_for_service(timeout_sec=20.0)
+    question = f"is the {KINDS[scene.kind]} {SIZES[scene.size]}?"
+    future = client.call_async(AttributeQuery.Request(question=question))
+    assert wait_until(future.done, 20.0)
+    response = future.result()
+    over_topic = checker.question("size-again", question)
+    assert response.answer == over_topic["answer"] == AttributeQuery.Response.YES
+    assert list(response.views) == over_topic["views"] == list(PUBLISHED)
+    assert response.confidence == pytest.approx(over_topic["confidence"], abs=1e-3)
+    refused = client.call_async(AttributeQuery.Request(question="what is the meaning of life?"))
+    assert wait_until(refused.done, 20.0)
+    assert refused.result().answer == "cannot_see" and refused.result().message.startswith("refused")
 
 
 def test_a_view_that_stops_is_left_out(checker, scene):

@@ -1,6 +1,8 @@
 """cliport_node as a process over DDS with the shipped model: RGB-D frames of the simulated
 demo scene in (published by the test, as the simulated camera would), a pick/place goal
-out to a stand-in arm, the result, the heatmap picture, affordances and refusals."""
+out to a stand-in arm (the arm/pick_and_place action), the result, the heatmap picture,
+affordances and refusals; through ros_vla_interfaces (the skill/pick_place action, the
+cliport/affordance service) and the JSON compatibility topics."""
 
 import json
 import signal
@@ -11,8 +13,11 @@ import time
 import numpy as np
 import pytest
 import rclpy
+from rclpy.action import ActionClient, ActionServer
 from rclpy.executors import SingleThreadedExecutor
 from ros_test_utils import isolated_domain, start_node_process, wait_until
+from ros_vla_interfaces.action import ExecuteSkill, PickPlace
+from ros_vla_interfaces.srv import AffordanceQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
@@ -44,14 +49,15 @@ class Harness:
                                               CAMERA_PUB_QOS)
         self.request_pub = node.create_publisher(String, "/skill/request", COMMAND_QOS)
         self.query_pub = node.create_publisher(String, "/skill/affordance_query", COMMAND_QOS)
-        self.arm_result_pub = node.create_publisher(String, "/arm/result", STATUS_QOS)
         self.lock = threading.Lock()
         self.results, self.goals, self.affordances, self.heatmaps = [], [], [], []
         node.create_subscription(String, "/skill/result", lambda m: self.keep(self.results, json.loads(m.data)),
                                  STATUS_QOS)
         node.create_subscription(String, "/skill/affordance",
                                  lambda m: self.keep(self.affordances, json.loads(m.data)), STATUS_QOS)
-        node.create_subscription(String, "/arm/pick_place", self.on_pick_place, COMMAND_QOS)
+        self.arm = ActionServer(node, PickPlace, "/arm/pick_and_place", self.on_pick_place)
+        self.skill_client = ActionClient(node, ExecuteSkill, "/skill/pick_place")
+        self.affordance_client = node.create_client(AffordanceQuery, "/cliport/affordance")
         node.create_subscription(Image, "/cliport/heatmaps", lambda m: self.keep(self.heatmaps, m), STATUS_QOS)
         self.camera_on = threading.Event()
         self._running = True
@@ -62,12 +68,16 @@ class Harness:
         with self.lock:
             where.append(item)
 
-    def on_pick_place(self, msg: String):
+    def on_pick_place(self, goal_handle):
         """A stand-in for arm_motion: every goal succeeds."""
-        goal = json.loads(msg.data)
-        self.keep(self.goals, goal)
-        self.arm_result_pub.publish(String(data=json.dumps({"id": goal["id"], "success": True,
-                                                            "message": "done", "gripper_width_m": 0.04})))
+        goal = goal_handle.request
+        self.keep(self.goals, {"frame": goal.frame_id,
+                               "pick": {"xyz": [goal.pick_position.x, goal.pick_position.y, goal.pick_position.z],
+                                        "yaw": goal.pick_yaw},
+                               "place": {"xyz": [goal.place_position.x, goal.place_position.y,
+                                                 goal.place_position.z], "yaw": goal.place_yaw}})
+        goal_handle.succeed()
+        return PickPlace.Result(success=True, message="done", gripper_width_m=0.04)
 
     def _publish_frames(self):
         cam = self.cam
@@ -177,3 +187,32 @@ def test_affordances_answer_every_text(stack):
     red, blue, nonsense = reply["values"]
     assert nonsense == 0.0
     assert 0.15 < red <= 1.0 and 0.15 < blue <= 1.0, "feasible requests clear cliport_node's min_confidence"
+
+
+def test_the_skill_action_runs_a_pick_and_place_with_feedback(stack):
+    stack.camera_on.set()
+    assert stack.skill_client.wait_for_server(timeout_sec=30.0)
+    feedback = []
+    sent = stack.skill_client.send_goal_async(
+        ExecuteSkill.Goal(skill="pick_place", text="put the blue block in the purple bowl"),
+        feedback_callback=lambda m: feedback.append(m.feedback.phase))
+    assert wait_until(sent.done, 10.0) and sent.result().accepted
+    result = sent.result().get_result_async()
+    assert wait_until(result.done, 90.0)
+    assert result.result().result.success, result.result().result
+    assert "perceiving" in feedback
+    arm_base = np.asarray(stack.truth["arm_base_in_map"])
+    block, _ = pose_in_frame(stack.truth, "blue_block", arm_base)
+    assert np.linalg.norm(np.asarray(stack.goals[-1]["pick"]["xyz"][:2]) - block[:2]) < 0.015
+
+
+def test_the_affordance_service_answers_every_text_in_one_call(stack):
+    stack.camera_on.set()
+    assert stack.affordance_client.wait_for_service(timeout_sec=30.0)
+    texts = ["put the red block in the green bowl", "tell me a joke"]
+    future = stack.affordance_client.call_async(AffordanceQuery.Request(texts=texts))
+    assert wait_until(future.done, 90.0)
+    response = future.result()
+    assert response.answered and response.source == "cliport", response
+    red, nonsense = response.values
+    assert 0.15 < red <= 1.0 and nonsense == 0.0

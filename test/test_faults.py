@@ -12,7 +12,7 @@ from ros_test_utils import isolated_domain
 from ros_vla import protocol
 from ros_vla.tools.bench_faults import FAULTS, run_bench_faults
 
-CAUSE = {"instruction": "planner restarted", "cliport": "left while running", "arm_motion": "left mid-goal",
+CAUSE = {"instruction": "planner restarted", "cliport": "left mid-goal", "arm_motion": "left mid-goal",
          "sim_camera": "no fresh colour + depth frames"}
 
 
@@ -29,7 +29,7 @@ def test_a_task_ends_when_a_node_dies_under_it_and_the_node_comes_back(faults_re
     fault = next(f for f in faults_result["faults"] if f["node"] == node)
     assert fault["killed"], f"{node} was never killed: the task did not reach '{FAULTS[node][0]}'"
     assert fault["task_state"] in protocol.TERMINAL_TASK_STATES, fault
-    # It ended because of the fault, not by a timeout: the journal, ListenerWatch or the stale-frame check said so.
+    # It ended because of the fault, not by a timeout: the journal, ServerWatch or the stale-frame check said so.
     assert "within 120 s" not in fault["task_message"] and "no final status" not in fault["task_message"], fault
     assert fault["task_state"] == "succeeded" or CAUSE[node] in fault["task_message"], fault
     assert fault["back_in_graph_after_kill_s"] is not None, f"{node} did not respawn"

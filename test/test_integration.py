@@ -1,8 +1,9 @@
 """The sim stack as separate processes over DDS, checked by a separate rclpy client.
 
 Launches launch/sim.launch.xml once for the module on an isolated ROS_DOMAIN_ID, then
-checks what an external ROS 2 tool would: topic names, types and rates, and the robot's
-behaviour under commands, emergency stop, a stale base command and bad input.
+checks what an external ROS 2 tool would: topic, action and service names, types and
+rates, and the robot's behaviour under commands, emergency stop, a stale base command, bad
+input, and a client of ros_vla_interfaces that runs, cancels and queries.
 """
 
 import collections
@@ -15,13 +16,17 @@ import numpy as np
 import pytest
 import rclpy
 import yaml
+from action_msgs.msg import GoalStatus
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
+from rclpy.action import ActionClient, get_action_names_and_types
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_test_utils import isolated_domain, wait_until
+from ros_vla_interfaces.action import RunTask
+from ros_vla_interfaces.srv import AffordanceQuery, AttributeQuery
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, Float64, String
@@ -48,12 +53,23 @@ EXPECTED_TOPICS = {
     "/cmd_vel": "geometry_msgs/msg/TwistStamped",
     "/instruction": "std_msgs/msg/String",
     "/estop": "std_msgs/msg/Bool",
-    "/task/status": "std_msgs/msg/String",
+    "/task/status": "ros_vla_interfaces/msg/TaskStatus",
     "/sim/ground_truth/objects": "std_msgs/msg/String",
     **{f"/{v}/camera/color/image_raw": "sensor_msgs/msg/Image" for v in VIEWS},
     **{f"/{v}/camera/color/camera_info": "sensor_msgs/msg/CameraInfo" for v in VIEWS},
     **{f"/{v}/camera/aligned_depth_to_color/image_raw": "sensor_msgs/msg/Image" for v in VIEWS},
     **{f"/{v}/camera/aligned_depth_to_color/camera_info": "sensor_msgs/msg/CameraInfo" for v in VIEWS},
+}
+
+EXPECTED_ACTIONS = {
+    "/run_task": "ros_vla_interfaces/action/RunTask",
+    "/skill/pick_place": "ros_vla_interfaces/action/ExecuteSkill",
+    "/arm/pick_and_place": "ros_vla_interfaces/action/PickPlace",
+    "/base/go_to_station": "ros_vla_interfaces/action/GoToStation",
+}
+EXPECTED_SERVICES = {
+    "/cliport/affordance": "ros_vla_interfaces/srv/AffordanceQuery",
+    "/attribute/check": "ros_vla_interfaces/srv/AttributeQuery",
 }
 
 
@@ -169,6 +185,15 @@ def test_topics_have_the_real_robot_names_and_types(stack):
         return {t: ty for t, ty in EXPECTED_TOPICS.items() if ty not in seen.get(t, [])}
 
     assert wait_until(lambda: not missing(), 20.0), f"missing or mistyped: {missing()}"
+
+    def missing_actions_or_services():
+        actions = dict(get_action_names_and_types(client.node))
+        services = dict(client.node.get_service_names_and_types())
+        return ({a: ty for a, ty in EXPECTED_ACTIONS.items() if ty not in actions.get(a, [])}
+                | {s: ty for s, ty in EXPECTED_SERVICES.items() if ty not in services.get(s, [])})
+
+    assert wait_until(lambda: not missing_actions_or_services(), 20.0), \
+        f"missing or mistyped: {missing_actions_or_services()}"
 
 
 def test_sensor_streams(stack):
@@ -417,6 +442,47 @@ def test_instruction_is_carried_out(stack):
     assert np.linalg.norm(np.subtract(yellow["position"][:2], bowl["position"][:2])) < 0.065
     refused = client.say("fly me to the moon", timeout_s=20.0)
     assert refused["state"] == "refused" and refused["message"]
+
+
+def test_a_client_of_the_interface_package_runs_a_task_cancels_it_mid_motion_and_queries(stack):
+    """Only rclpy and ros_vla_interfaces: run_task with feedback, canceled while the arm moves
+    (the arm holds where it is), then affordance and attribute queries."""
+    client, rec, _ = stack
+    node = client.node
+    tasks = ActionClient(node, RunTask, "/run_task")
+    assert tasks.wait_for_server(timeout_sec=30.0)
+    feedback = []
+    sent = tasks.send_goal_async(RunTask.Goal(instruction="put the red block in the green bowl"),
+                                 feedback_callback=lambda m: feedback.append(m.feedback.status))
+    assert wait_until(sent.done, 10.0) and sent.result().accepted
+
+    def arm_moving():
+        return max(abs(v) for v in rec["joints"].latest().velocity[:7]) > 0.05
+
+    assert wait_until(lambda: any(f.state == "executing" for f in feedback) and arm_moving(), 90.0), \
+        f"the arm never moved for the task: {[(f.state, f.message) for f in feedback]}"
+    assert feedback[-1].plan == ["pick up the red block and place it in the green bowl"]
+    sent.result().cancel_goal_async()
+    result = sent.result().get_result_async()
+    assert wait_until(result.done, 15.0), "the canceled task did not end"
+    answer = result.result()
+    assert answer.status == GoalStatus.STATUS_CANCELED and answer.result.state == "canceled", answer.result
+    held = settled_arm_q(rec, 5.0)  # it stops at once, not at the end of the motion
+    time.sleep(2.0)
+    assert np.abs(arm_q(rec) - held).max() < 0.01, "the arm did not hold after the cancel"
+
+    affordance = node.create_client(AffordanceQuery, "/cliport/affordance")
+    assert affordance.wait_for_service(timeout_sec=20.0)
+    texts = ["pick up the yellow block and place it in the green bowl", "tell me a joke"]
+    asked = affordance.call_async(AffordanceQuery.Request(texts=texts))
+    assert wait_until(asked.done, 30.0)
+    assert asked.result().answered and len(asked.result().values) == 2 and asked.result().values[1] == 0.0
+
+    attribute = node.create_client(AttributeQuery, "/attribute/check")
+    assert attribute.wait_for_service(timeout_sec=20.0)
+    checked = attribute.call_async(AttributeQuery.Request(question="is the block red?"))
+    assert wait_until(checked.done, 30.0)
+    assert checked.result().answer in ("yes", "no", "cannot_see") and checked.result().message
 
 
 def test_base_watchdog_limits_and_goto(stack):

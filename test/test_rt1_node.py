@@ -23,8 +23,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TransformStamped, TwistStamped
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
+from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from ros_test_utils import start_node_process
+from ros_vla_interfaces.action import ExecuteSkill
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory
@@ -233,6 +235,7 @@ class Harness:
             ("/diagnostics", DiagnosticArray, "diagnostics", STATUS_QOS),
         ]:
             node.create_subscription(kind, topic, self.outputs[name], qos)
+        self.skill_client = ActionClient(node, ExecuteSkill, "/skill/rt1")
         self.camera_on = threading.Event()
         self.camera_off = threading.Event()
         self.last_frame_sent = 0.0
@@ -352,6 +355,28 @@ def test_the_arm_goes_to_the_start_pose_then_terminate_ends_the_skill_with_succe
     assert tuple(move.joint_names) == panda.ARM_JOINT_NAMES
     assert np.allclose(move.points[0].positions, START_JOINT_POSITIONS)
     assert move.points[0].time_from_start.sec + move.points[0].time_from_start.nanosec * 1e-9 == START_MOVE_S
+
+
+def test_the_skill_action_gives_feedback_per_step_and_cancel_stops_the_robot(stack):
+    stack.camera_on.set()
+    assert stack.skill_client.wait_for_server(timeout_sec=20.0)
+    feedback = []
+    sent = stack.skill_client.send_goal_async(ExecuteSkill.Goal(skill="rt1", text=INSTRUCTION),
+                                              feedback_callback=lambda m: feedback.append(m.feedback))
+    assert wait_until(sent.done, 10.0) and sent.result().accepted
+    assert wait_until(lambda: len(feedback) >= 3, 20.0), f"{len(feedback)} feedback messages"
+    assert feedback[0].phase == "step 1" and 0.0 <= feedback[-1].progress <= 1.0
+    sent.result().cancel_goal_async()
+    result = sent.result().get_result_async()
+    assert wait_until(result.done, 10.0), "the canceled skill did not end"
+    answer = result.result()
+    assert answer.status == 5 and not answer.result.success  # action_msgs/GoalStatus.STATUS_CANCELED
+    assert answer.result.message.startswith("canceled after"), answer.result.message
+    ended = time.monotonic()
+    time.sleep(1.5)
+    # A delta already in flight when the result was sent may land just after it.
+    late = stack.outputs["ee_delta"].since(ended + 0.3)
+    assert not late, f"{len(late)} arm deltas after the cancel"
 
 
 def test_policy_drives_the_robot_and_stops_on_stale_frames(stack):

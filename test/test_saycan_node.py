@@ -1,6 +1,6 @@
 """saycan_planner_node as a process over DDS, with the test playing every other part of the
-stack: the pick-and-place executor (skill/request -> skill/result), the base (base/goto ->
-base/status) and CLIPort's affordances (skill/affordance_query -> skill/affordance).
+stack through ros_vla_interfaces: the pick-and-place executor (the skill/pick_place action),
+the base (base/go_to_station) and CLIPort's affordances (the cliport/affordance service).
 
 The node's language model is a scripted OpenAI-compatible completions server in the test
 (so the node's HTTP backend runs for real, and the plan does not depend on how well the
@@ -14,17 +14,24 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.action import ActionClient, ActionServer, CancelResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
 from ros_test_utils import isolated_domain, wait_until
+from ros_vla_interfaces.action import ExecuteSkill, GoToStation, RunTask
+from ros_vla_interfaces.msg import TaskStatus
+from ros_vla_interfaces.srv import AffordanceQuery
 from std_msgs.msg import String
 
 from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
 from ros_vla.paths import use_project_dds_profile
+from ros_vla.tools.stack_client import status_dict
 
 DEFAULT_AFFORDANCE = 0.05
 PLANS = {  # what the scripted language model prefers, step by step
@@ -82,15 +89,17 @@ class Harness:
         self.lock = threading.Lock()
         self.statuses, self.requests, self.gotos, self.queries, self.diagnostics = [], [], [], [], []
         self.cliport_value = 0.9
+        self.skill_duration_s = 0.0  # > 0: the skill takes this long, unless canceled
+        self.canceled_skills = []
+        group = ReentrantCallbackGroup()  # a slow skill must not hold up the planner's other calls
         self.instruction_pub = node.create_publisher(String, "/instruction", COMMAND_QOS)
-        self.result_pub = node.create_publisher(String, "/skill/result", STATUS_QOS)
-        self.base_pub = node.create_publisher(String, "/base/status", STATUS_QOS)
-        self.affordance_pub = node.create_publisher(String, "/skill/affordance", STATUS_QOS)
-        node.create_subscription(String, "/task/status", lambda m: self.store(self.statuses, json.loads(m.data)),
+        node.create_subscription(TaskStatus, "/task/status", lambda m: self.store(self.statuses, status_dict(m)),
                                  STATUS_QOS)
-        node.create_subscription(String, "/skill/request", self.on_request, COMMAND_QOS)
-        node.create_subscription(String, "/base/goto", self.on_goto, COMMAND_QOS)
-        node.create_subscription(String, "/skill/affordance_query", self.on_query, COMMAND_QOS)
+        self.skill_server = ActionServer(node, ExecuteSkill, "/skill/pick_place", self.on_skill,
+                                         cancel_callback=lambda goal: CancelResponse.ACCEPT, callback_group=group)
+        self.base_server = ActionServer(node, GoToStation, "/base/go_to_station", self.on_goto, callback_group=group)
+        node.create_service(AffordanceQuery, "/cliport/affordance", self.on_query, callback_group=group)
+        self.task_client = ActionClient(node, RunTask, "/run_task", callback_group=group)
         node.create_subscription(DiagnosticArray, "/diagnostics",
                                  lambda m: self.store(self.diagnostics, *[s.message for s in m.status]), STATUS_QOS)
 
@@ -98,25 +107,33 @@ class Harness:
         with self.lock:
             bucket.extend(items)
 
-    def on_request(self, msg):
-        request = json.loads(msg.data)
-        self.store(self.requests, request)
-        self.result_pub.publish(String(data=json.dumps({"id": request["id"], "success": True,
-                                                        "message": "placed (test executor)"})))
+    def on_skill(self, goal_handle):
+        goal = goal_handle.request
+        self.store(self.requests, {"skill": goal.skill, "text": goal.text,
+                                   "args": {kv.key: kv.value for kv in goal.args}})
+        deadline = time.monotonic() + self.skill_duration_s
+        while time.monotonic() < deadline:
+            if goal_handle.is_cancel_requested:
+                self.store(self.canceled_skills, goal.text)
+                goal_handle.canceled()
+                return ExecuteSkill.Result(success=False, message="canceled (test executor)")
+            time.sleep(0.02)
+        goal_handle.succeed()
+        return ExecuteSkill.Result(success=True, message="placed (test executor)")
 
-    def on_goto(self, msg):
-        self.store(self.gotos, msg.data)
-        self.base_pub.publish(String(data=json.dumps({"state": "arrived", "message": f"at {msg.data}",
-                                                      "station_reached": msg.data})))
+    def on_goto(self, goal_handle):
+        station = goal_handle.request.station
+        self.store(self.gotos, station)
+        goal_handle.succeed()
+        return GoToStation.Result(success=True, message=f"arrived at the {station}")
 
-    def on_query(self, msg):
-        query = json.loads(msg.data)
-        self.store(self.queries, query)
+    def on_query(self, request, response):
+        self.store(self.queries, {"texts": list(request.texts)})
         # CLIPort is sure about one placement and unsure about the rest.
-        values = [self.cliport_value if "red block and place it in the green bowl" in t else self.cliport_value / 3
-                  for t in query["texts"]]
-        self.affordance_pub.publish(String(data=json.dumps({"id": query["id"], "source": "cliport",
-                                                            "values": values})))
+        response.values = [self.cliport_value if "red block and place it in the green bowl" in t
+                           else self.cliport_value / 3 for t in request.texts]
+        response.answered, response.source = True, "cliport"
+        return response
 
     def say(self, text, timeout_s=60.0):
         with self.lock:
@@ -126,7 +143,7 @@ class Harness:
         def final():
             with self.lock:
                 mine = [s for s in self.statuses[seen:] if s["instruction"] == text[:500]]
-            done = [s for s in mine if s["state"] in ("succeeded", "failed", "refused", "stopped")]
+            done = [s for s in mine if s["state"] in ("succeeded", "failed", "refused", "stopped", "canceled")]
             return (mine, done[-1]) if done else None
 
         found = wait_until(final, timeout_s)
@@ -146,7 +163,7 @@ def stack():
                                env=dict(os.environ))
     context = rclpy.Context()
     rclpy.init(context=context)
-    executor = SingleThreadedExecutor(context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
     harness = Harness(context)
     executor.add_node(harness.node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -156,9 +173,8 @@ def stack():
             "the planner did not load"
         # Publish only once discovery has matched every topic the node and the test share.
         assert wait_until(lambda: harness.instruction_pub.get_subscription_count() > 0
-                          and harness.result_pub.get_subscription_count() > 0
-                          and harness.affordance_pub.get_subscription_count() > 0
-                          and harness.node.count_publishers("/skill/affordance_query") > 0, 30.0)
+                          and harness.node.count_publishers("/task/status") > 0
+                          and harness.task_client.server_is_ready(), 30.0)
         yield harness
     finally:
         process.send_signal(signal.SIGINT)
@@ -212,7 +228,7 @@ def test_a_missing_model_is_reported_and_every_task_refused_with_the_reason(stac
                                env=dict(os.environ))
     node = stack.node
     statuses = []
-    node.create_subscription(String, "/broken/task/status", lambda m: statuses.append(json.loads(m.data)),
+    node.create_subscription(TaskStatus, "/broken/task/status", lambda m: statuses.append(status_dict(m)),
                              STATUS_QOS)
     publisher = node.create_publisher(String, "/broken/instruction", COMMAND_QOS)
     try:
@@ -225,3 +241,45 @@ def test_a_missing_model_is_reported_and_every_task_refused_with_the_reason(stac
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=10)
+
+
+def send_task(stack, text, on_feedback=None):
+    sent = stack.task_client.send_goal_async(RunTask.Goal(instruction=text), feedback_callback=on_feedback)
+    assert wait_until(sent.done, 10.0) and sent.result().accepted
+    return sent.result()
+
+
+def test_run_task_action_streams_the_plan_and_scores_and_returns_the_result(stack):
+    feedback = []
+    handle = send_task(stack, "put the red block in the green bowl", lambda m: feedback.append(m.feedback.status))
+    result = handle.get_result_async()
+    assert wait_until(result.done, 60.0)
+    answer = result.result()
+    assert answer.result.state == "succeeded", answer.result
+    assert list(answer.result.plan) == ["pick up the red block and place it in the green bowl"]
+    executing = [f for f in feedback if f.state == "executing"]
+    assert executing and executing[0].scores and executing[0].scores[0].skill == answer.result.plan[0]
+    assert all(f.id == answer.result.id for f in feedback)
+
+
+def test_canceling_run_task_cancels_the_running_skill_and_ends_canceled(stack):
+    stack.skill_duration_s = 30.0
+    try:
+        feedback = []
+        handle = send_task(stack, "put the blue block in the purple bowl",
+                           lambda m: feedback.append(m.feedback.status.state))
+        assert wait_until(lambda: "executing" in feedback, 30.0), feedback
+        canceled_at = time.monotonic()
+        handle.cancel_goal_async()
+        result = handle.get_result_async()
+        assert wait_until(result.done, 10.0), "the canceled task did not end"
+        answer = result.result()
+    finally:
+        stack.skill_duration_s = 0.0
+    assert answer.result.state == "canceled" and "canceled during" in answer.result.message, answer.result
+    assert answer.status == 5  # action_msgs/GoalStatus.STATUS_CANCELED
+    assert stack.canceled_skills[-1] == "pick up the blue block and place it in the purple bowl"
+    assert time.monotonic() - canceled_at < 10.0
+    # The planner is free again: the next task runs.
+    _, final = stack.say("put the red block in the green bowl")
+    assert final["state"] == "succeeded", final

@@ -1,12 +1,15 @@
 """arm_motion_node: Cartesian goals in, safe joint trajectories out.
 
-Inputs: arm/pose_goal (PoseStamped), arm/ee_delta (TransformStamped, streamed by
-closed-loop policies), arm/gripper (Float64 width, from policies), arm/pick_place (JSON),
-arm/joint_trajectory (checked, then forwarded), /estop (Bool), /joint_states, and the
-safety gate's safety/status (armed or dry run) and safety/refused.
+Inputs: the arm/pick_and_place action (ros_vla_interfaces/PickPlace: feedback per motion
+step; cancel holds the arm where it is), arm/pose_goal (PoseStamped), arm/ee_delta
+(TransformStamped, streamed by closed-loop policies), arm/gripper (Float64 width, from
+policies), arm/pick_place (JSON, the compatibility layer: protocol.py), arm/joint_trajectory
+(checked, then forwarded), /estop (Bool), /joint_states, and the safety gate's safety/status
+(armed or dry run) and safety/refused.
 Output: safety/joint_trajectory and safety/gripper, which safety_gate checks again and
 forwards to the controllers while armed (to arm/preview/* in a dry run).
-Every refusal goes to arm/status, arm/result (for goals with an id) and /diagnostics.
+Every refusal goes to arm/status, /diagnostics and the goal's result (the action's, or
+arm/result for a JSON goal).
 
 Callbacks only queue goals; one worker thread plans and executes them, so a long
 pick/place never blocks /estop, which aborts the goal at once (the safety gate and the
@@ -18,16 +21,20 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rclpy.node import Node
+from ros_vla_interfaces.action import PickPlace
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ros_vla import protocol
+from ros_vla.nodes.actions import WorkerActionServer
 from ros_vla.nodes.common import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -75,6 +82,16 @@ class Goal:
     goal_id: str
     payload: object
     queued_at: float = field(default_factory=time.monotonic)
+    # Told once how the goal ended (the action's result, or arm/result); later calls are ignored.
+    answer: Callable[[bool, str], None] = lambda success, message: None
+    canceled: threading.Event = field(default_factory=threading.Event)
+    report: Callable[[str, float], None] = lambda phase, progress: None
+    answered: bool = False
+
+    def finish(self, success: bool, message: str):
+        if not self.answered:
+            self.answered = True
+            self.answer(success, message)
 
 
 class ArmMotionNode(Node):
@@ -115,7 +132,7 @@ class ArmMotionNode(Node):
         self.estop_engaged_at = -math.inf  # goals queued before it never run
         self.sent_stamp_s = Latest(None)  # stamp of the newest trajectory sent to the gate
         self.gate_refusal = Latest("")  # the gate refused that trajectory: why
-        self.current_goal_id = ""
+        self.current_goal: Goal | None = None
         self.busy = threading.Event()  # a queued goal is executing: streamed deltas are refused
         self.holding_for_stale_delta = False
         self.ee_delta = Latest()
@@ -131,6 +148,8 @@ class ArmMotionNode(Node):
         self.create_timer(self.ee_delta_period_s, self.step_ee_delta)
 
         self.goals = QueueWorker(self, self.work, "motion")
+        WorkerActionServer(self, PickPlace, "arm/pick_and_place", self.submit_pick_place,
+                           lambda message: PickPlace.Result(success=False, message=message, gripper_width_m=math.nan))
         self.status_published = False
         when_heard(self, self.status_pub, self.announce_ready)
 
@@ -176,7 +195,7 @@ class ArmMotionNode(Node):
 
     def on_pose_goal(self, msg: PoseStamped):
         if msg.header.frame_id not in ACCEPTED_FRAMES:
-            self.refuse("", f"pose goal frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
+            self.refuse(f"pose goal frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
             return
         pose = msg.pose
         transform = TransformStamped().transform
@@ -186,7 +205,7 @@ class ArmMotionNode(Node):
         try:
             target = matrix_from_transform(transform)
         except ValueError as err:
-            self.refuse("", f"pose goal refused: {err}")
+            self.refuse(f"pose goal refused: {err}")
             return
         self.queue_goal(Goal("pose", "", target))
 
@@ -208,23 +227,23 @@ class ArmMotionNode(Node):
                         self.diag.publish("warn", "ee_delta stream went stale: holding position")
             return
         if msg.header.frame_id not in ACCEPTED_FRAMES:
-            self.refuse("", f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
+            self.refuse(f"ee_delta frame '{msg.header.frame_id}' unsupported: give it in fr3_link0")
             return
         if self.estopped.is_set() or self.busy.is_set():
-            self.refuse("", "ee_delta refused: " + ("emergency stop" if self.estopped.is_set() else "busy with a goal"))
+            self.refuse("ee_delta refused: " + ("emergency stop" if self.estopped.is_set() else "busy with a goal"))
             return
         q_now = self.current_positions()
         if q_now is None:
-            self.refuse("", "ee_delta refused: no fresh /joint_states")
+            self.refuse("ee_delta refused: no fresh /joint_states")
             return
         try:
             delta = matrix_from_transform(msg.transform)
         except ValueError as err:
-            self.refuse("", f"ee_delta refused: {err}")
+            self.refuse(f"ee_delta refused: {err}")
             return
         plan = apply_ee_delta(q_now, delta[:3, 3], delta[:3, :3], self.ee_delta_period_s, self.cfg)
         if not plan.ok:
-            self.refuse("", f"ee_delta refused: {plan.message}")
+            self.refuse(f"ee_delta refused: {plan.message}")
             return
         self.ee_delta_watchdog.feed(time.monotonic())
         self.holding_for_stale_delta = False
@@ -234,21 +253,55 @@ class ArmMotionNode(Node):
         try:
             request = protocol.decode("pick_place", msg.data)
         except protocol.ProtocolError as err:
-            self.refuse("", f"pick_place refused: {err}")
+            self.refuse(f"pick_place refused: {err}")
             return
+
+        def answer(success: bool, message: str, goal_id=request["id"]):
+            publish_json(self.result_pub, {"id": goal_id, "success": success, "message": message,
+                                           "gripper_width_m": self.gripper_width()})
+
+        goal = Goal("pick_place", request["id"], request, answer=answer)
         if request["frame"] not in ACCEPTED_FRAMES:
-            self.refuse(request["id"], f"pick_place frame '{request['frame']}' unsupported: use fr3_link0")
+            self.refuse(f"pick_place frame '{request['frame']}' unsupported: use fr3_link0", goal)
             return
-        self.queue_goal(Goal("pick_place", request["id"], request))
+        self.queue_goal(goal)
+
+    def submit_pick_place(self, run) -> str:
+        """An arm/pick_and_place goal: checked like the JSON request, then queued."""
+        goal = run.goal
+        if goal.frame_id not in ACCEPTED_FRAMES:
+            return f"pick_place frame '{goal.frame_id}' unsupported: use fr3_link0"
+        request = {"id": uuid.uuid4().hex[:8], "frame": "fr3_link0",
+                   "pick": {"xyz": [goal.pick_position.x, goal.pick_position.y, goal.pick_position.z],
+                            "yaw": goal.pick_yaw},
+                   "place": {"xyz": [goal.place_position.x, goal.place_position.y, goal.place_position.z],
+                             "yaw": goal.place_yaw}}
+        try:
+            protocol.encode("pick_place", request)
+        except protocol.ProtocolError as err:
+            return f"pick_place refused: {err}"
+
+        def answer(success: bool, message: str):
+            width = self.gripper_width()
+            run.finish(PickPlace.Result(success=success, message=message,
+                                        gripper_width_m=math.nan if width is None else width), success)
+
+        def report(phase: str, progress: float):
+            run.feedback(PickPlace.Feedback(phase=phase, progress=float(progress)))
+
+        if not self.queue_goal(Goal("pick_place", request["id"], request, answer=answer,
+                                    canceled=run.cancel_requested, report=report)):
+            return "pick_place refused: too many goals already waiting"
+        return ""
 
     def on_gripper(self, msg: Float64):
         """Gripper width from a closed-loop policy: gated like every other command."""
         width = msg.data
         if self.estopped.is_set() or self.busy.is_set():
-            self.refuse("", "gripper command refused: " + ("emergency stop" if self.estopped.is_set()
+            self.refuse("gripper command refused: " + ("emergency stop" if self.estopped.is_set()
                                                           else "busy with a goal"))
         elif not (np.isfinite(width) and self.cfg.gripper_closed_m <= width <= self.cfg.gripper_open_m):
-            self.refuse("", f"gripper command {width} refused: must be finite, "
+            self.refuse(f"gripper command {width} refused: must be finite, "
                             f"{self.cfg.gripper_closed_m}..{self.cfg.gripper_open_m} m")
         else:
             self.send_gripper(width)
@@ -256,9 +309,11 @@ class ArmMotionNode(Node):
     def on_joint_trajectory(self, msg: JointTrajectory):
         self.queue_goal(Goal("trajectory", "", msg))
 
-    def queue_goal(self, goal: Goal):
+    def queue_goal(self, goal: Goal) -> bool:
         if not self.goals.put(goal):
-            self.refuse(goal.goal_id, f"{goal.kind} goal refused: too many goals already waiting")
+            self.refuse(f"{goal.kind} goal refused: too many goals already waiting", goal)
+            return False
+        return True
 
     # ----------------------------------------------------------------- state helpers
     def current_positions(self) -> np.ndarray | None:
@@ -300,15 +355,15 @@ class ArmMotionNode(Node):
 
     def publish_status(self, state: str, message: str, **extra):
         self.status_published = True
-        publish_json(self.status_pub, {"state": state, "message": message, "goal_id": self.current_goal_id,
+        goal_id = self.current_goal.goal_id if self.current_goal else ""
+        publish_json(self.status_pub, {"state": state, "message": message, "goal_id": goal_id,
                                        "armed": self.armed, **extra})
 
-    def refuse(self, goal_id: str, message: str):
+    def refuse(self, message: str, goal: Goal | None = None):
         self.publish_status("refused", message)
         self.diag.publish("error", message)
-        if goal_id:
-            publish_json(self.result_pub, {"id": goal_id, "success": False, "message": message,
-                                           "gripper_width_m": self.gripper_width()})
+        if goal is not None:
+            goal.finish(False, message)
 
     def trajectory_msg(self, plan: Plan) -> JointTrajectory:
         msg = JointTrajectory()
@@ -326,7 +381,7 @@ class ArmMotionNode(Node):
         errors = validate_joint_trajectory(panda.ARM_JOINT_NAMES, points, self.limits,
                                            panda.ARM_JOINT_NAMES, q_current=q_now)
         if q_now is None or errors:
-            self.refuse(self.current_goal_id, "trajectory refused: " + ("; ".join(errors) or "no joint state"))
+            self.refuse("trajectory refused: " + ("; ".join(errors) or "no joint state"), self.current_goal)
             return False
         self.publish_trajectory(self.trajectory_msg(plan))
         return True
@@ -351,11 +406,13 @@ class ArmMotionNode(Node):
     def work(self, goal: Goal):
         if not self.context.ok():
             return
-        self.current_goal_id = goal.goal_id
+        self.current_goal = goal
         self.busy.set()
         try:
             if self.estopped.is_set():
                 raise MotionAborted("emergency stop is engaged")
+            if goal.canceled.is_set():
+                raise MotionAborted("canceled before it started")
             if goal.queued_at <= self.estop_engaged_at:
                 raise MotionAborted("goal dropped: it was waiting when the emergency stop was engaged")
             if self.current_positions() is None:
@@ -363,17 +420,15 @@ class ArmMotionNode(Node):
             message = {"pose": self.run_pose_goal, "pick_place": self.run_pick_place,
                        "trajectory": self.run_trajectory}[goal.kind](goal.payload)
             self.publish_status("idle", message)
-            if goal.goal_id:
-                publish_json(self.result_pub, {"id": goal.goal_id, "success": True, "message": message,
-                                               "gripper_width_m": self.gripper_width()})
+            goal.finish(True, message)
         except MotionAborted as err:
-            self.refuse(goal.goal_id, str(err))
+            self.refuse(str(err), goal)
         except Exception as err:  # never let one bad goal kill the worker
             if not self.context.ok():
                 return
-            self.refuse(goal.goal_id, f"internal error: {err!r}")
+            self.refuse(f"internal error: {err!r}", goal)
         finally:
-            self.current_goal_id = ""
+            self.current_goal = None
             self.busy.clear()
 
     def execute(self, plan: Plan, what: str):
@@ -392,6 +447,7 @@ class ArmMotionNode(Node):
         while time.monotonic() < deadline:
             if self.estopped.is_set():
                 raise MotionAborted(f"{what}: interrupted by emergency stop")
+            self.hold_if_canceled(what)
             if self.gate_refusal.get():
                 raise MotionAborted(f"{what}: the safety gate refused it: {self.gate_refusal.get()}")
             q_now = self.current_positions()
@@ -411,8 +467,16 @@ class ArmMotionNode(Node):
         while time.monotonic() < deadline:
             if self.estopped.is_set():
                 raise MotionAborted(f"{what}: interrupted by emergency stop")
+            self.hold_if_canceled(what)
             time.sleep(0.02)
         return self.gripper_width() or 0.0
+
+    def hold_if_canceled(self, what: str):
+        """A canceled goal stops where the arm is: the hold replaces the trajectory under way."""
+        goal = self.current_goal
+        if goal is not None and goal.canceled.is_set():
+            self.hold_position()
+            raise MotionAborted(f"canceled during '{what}': holding position")
 
     def run_pose_goal(self, target: np.ndarray) -> str:
         self.execute(plan_pose_goal(self.positions_to_plan_from("pose goal"), target, self.cfg), "pose goal")
@@ -437,7 +501,8 @@ class ArmMotionNode(Node):
             raise MotionAborted(f"pick_place refused: {problem}")
         steps = pick_place_steps(pick["xyz"], float(pick.get("yaw", 0.0)), place["xyz"],
                                  float(place.get("yaw", 0.0)), self.cfg)
-        for step in steps:
+        for number, step in enumerate(steps):
+            self.current_goal.report(step.name, number / len(steps))
             if step.kind == "gripper":
                 width = self.actuate_gripper(step.width_m, step.name)
                 if step.name == "grasp" and width < self.cfg.min_grasp_width_m:

@@ -2,10 +2,12 @@
 ("is the block red?") from every camera view it has, fused so that neither the order nor
 the number of views (1..9) changes how an answer is reached.
 
-Input:  attribute/query (String, JSON {id, question}); views: for each namespace NS in the
+Input:  the attribute/check service (ros_vla_interfaces/AttributeQuery), or attribute/query
+        (String, JSON {id, question}, the compatibility layer); views: for each namespace NS in the
         `views` parameter, NS/`image_topic` (rgb8 or bgr8, SensorDataQoS) and, to crop the
         image to the field of view the network was trained on, NS/`camera_info_topic`.
-Output: attribute/answer (String, JSON {id, answer, confidence, views, view_weights, message}):
+Output: the service's response, or attribute/answer (String, JSON {id, answer, confidence,
+        views, view_weights, message}) for a JSON query:
         answer "yes" or "no" with confidence = the probability of that answer (0.5..1),
         views = the namespaces whose frames were used, view_weights = their fusion weights.
         "cannot_see" with confidence 0 when there is no usable view, and for a request that
@@ -38,10 +40,12 @@ from pathlib import Path
 import numpy as np
 from rclpy.node import Node
 from rclpy.time import Time
+from ros_vla_interfaces.srv import AttributeQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from ros_vla import protocol
+from ros_vla.nodes.actions import worker_service
 from ros_vla.nodes.common import (
     COMMAND_QOS,
     SENSOR_QOS,
@@ -56,6 +60,7 @@ from ros_vla.nodes.common import (
 from ros_vla.perception.ros_messages import camera_info_problem, image_array, image_problem
 
 REPORT_PERIOD_S = 2.0
+BUSY = "busy: too many questions already waiting"
 
 
 class CameraView:
@@ -90,6 +95,8 @@ class AttributeCheckerNode(Node):
         self.unavailable = "loading MIAVLM"
         self.answered = self.cannot_see = 0
         self.create_subscription(String, "attribute/query", self.on_query, COMMAND_QOS)
+        worker_service(self, AttributeQuery, "attribute/check", self.submit_question,
+                       lambda why: AttributeQuery.Response(answer="cannot_see", message=why))
         self.worker = QueueWorker(self, lambda job: job(), "attribute_checker")
         self.worker.put(partial(self.load, p["model_path"]))
         self.create_timer(REPORT_PERIOD_S, self.report)
@@ -109,38 +116,42 @@ class AttributeCheckerNode(Node):
         self.unavailable = ""
         self.diag.publish("ok", f"ready: MIAVLM from {weights}, views {[v.namespace for v in self.views]}")
 
-    def answer(self, text: str):
+    def verdict(self, question: str) -> tuple[str, float, list[str], list[float], str]:
+        """(answer, confidence, views used, their weights, message) for one question."""
         from ros_vla.miavlm.checker import question_problem
 
-        request_id = ""
-        try:
-            request = protocol.decode("attribute_query", text)
-            request_id = request["id"]
-            problem = question_problem(request["question"])
-        except protocol.ProtocolError as err:
-            request_id = _request_id(text)
-            problem = str(err)
+        problem = question_problem(question)
         if problem:
-            self.reply(request_id, "cannot_see", 0.0, [], [], f"refused: {problem}")
-            self.diag.publish("warn", f"attribute query {request_id!r} refused: {problem}")
-            return
+            return "cannot_see", 0.0, [], [], f"refused: {problem}"
         if self.unavailable:
-            self.reply(request_id, "cannot_see", 0.0, [], [], self.unavailable)
-            return
+            return "cannot_see", 0.0, [], [], self.unavailable
         used, images, focal_lengths, left_out = self.fresh_views()
         if not used:
-            self.reply(request_id, "cannot_see", 0.0, [], [], f"no usable camera view: {'; '.join(left_out)}")
-            return
+            return "cannot_see", 0.0, [], [], f"no usable camera view: {'; '.join(left_out)}"
         try:
-            verdict = self.checker.check(request["question"], images, focal_lengths)
+            verdict = self.checker.check(question, images, focal_lengths)
         except Exception as err:  # a failed answer fails this request, not the node
-            self.reply(request_id, "cannot_see", 0.0, [], [], f"inference failed: {err!r}")
-            self.diag.publish("error", f"attribute query {request_id!r}: inference failed: {err!r}")
-            return
+            self.diag.publish("error", f"attribute query: inference failed: {err!r}")
+            return "cannot_see", 0.0, [], [], f"inference failed: {err!r}"
         message = f"from {len(used)} view{'s' if len(used) > 1 else ''}"
         if left_out:
             message += f"; left out: {'; '.join(left_out)}"
-        self.reply(request_id, verdict.answer, verdict.confidence, used, verdict.view_weights, message)
+        return verdict.answer, verdict.confidence, used, list(verdict.view_weights), message
+
+    def answer_json(self, text: str):
+        try:
+            request = protocol.decode("attribute_query", text)
+        except protocol.ProtocolError as err:
+            self.reply(_request_id(text), "cannot_see", 0.0, [], [], f"refused: {err}")
+            self.diag.publish("warn", f"attribute query refused: {err}")
+            return
+        self.reply(request["id"], *self.verdict(request["question"]))
+
+    def answer_service(self, question: str, respond):
+        answer, confidence, views, weights, message = self.verdict(question)
+        self.count(answer)
+        respond(AttributeQuery.Response(answer=answer, confidence=float(confidence), views=views,
+                                        view_weights=[float(w) for w in weights], message=message))
 
     def fresh_views(self) -> tuple[list[str], list[np.ndarray], list[float | None], list[str]]:
         """The namespaces, images and focal lengths of the usable views, and why the others
@@ -182,13 +193,19 @@ class AttributeCheckerNode(Node):
         payload = {"id": request_id, "answer": answer, "confidence": round(float(confidence), 4), "views": views,
                    "view_weights": [round(float(w), 4) for w in weights], "message": message}
         self.answer_pub.publish(String(data=protocol.encode("attribute_answer", payload)))
+        self.count(answer)
+
+    def count(self, answer: str):
         self.answered += 1
         self.cannot_see += answer == "cannot_see"
 
     # ----------------------------------------------------------------- inputs and health
     def on_query(self, msg: String):
-        if not self.worker.put(partial(self.answer, msg.data)):
-            self.reply(_request_id(msg.data), "cannot_see", 0.0, [], [], "busy: too many questions already waiting")
+        if not self.worker.put(partial(self.answer_json, msg.data)):
+            self.reply(_request_id(msg.data), "cannot_see", 0.0, [], [], BUSY)
+
+    def submit_question(self, request: AttributeQuery.Request, respond) -> str:
+        return "" if self.worker.put(partial(self.answer_service, request.question, respond)) else BUSY
 
     def report(self):
         now = self.get_clock().now()

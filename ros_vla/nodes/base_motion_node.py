@@ -1,22 +1,28 @@
 """base_motion_node: base velocity requests and go-to-station, limited, with a watchdog.
 
-Inputs: base/cmd_vel (TwistStamped, from teleop or a policy), base/goto (String: a
-station name from the scene file), /odom, /estop. Output: safety/cmd_vel (TwistStamped)
-at a fixed rate, which safety_gate limits again and forwards to /cmd_vel while armed. A
-stale velocity command or /estop sends zero velocity on the next control tick.
+Inputs: the base/go_to_station action (ros_vla_interfaces/GoToStation: a station name from
+the scene file; feedback: distance and heading error; cancel stops the base), base/goto
+(String, the same for tools that publish a name), base/cmd_vel (TwistStamped, from teleop or
+a policy; it ends a drive to a station), /odom, /estop. Output: safety/cmd_vel
+(TwistStamped) at a fixed rate, which safety_gate limits again and forwards to /cmd_vel
+while armed, and base/status (JSON). A stale velocity command or /estop sends zero velocity
+on the next control tick.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from geometry_msgs.msg import TwistStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
+from ros_vla_interfaces.action import GoToStation
 from std_msgs.msg import Bool, String
 
+from ros_vla.nodes.actions import GoalRun, WorkerActionServer
 from ros_vla.nodes.common import (
     COMMAND_QOS,
     SENSOR_QOS,
@@ -31,6 +37,18 @@ from ros_vla.paths import config_file
 from ros_vla.robot.kinematics import matrix_from_quaternion
 from ros_vla.robot.safety import BaseVelocityLimiter, Watchdog, finite
 from ros_vla.sim.scene import load_scene
+
+FEEDBACK_PERIOD_S = 0.2
+
+
+@dataclass
+class StationGoal:
+    name: str
+    pose: tuple[float, float, float]
+    started: float  # monotonic
+    run: GoalRun | None  # the go_to_station goal (None: from base/goto)
+    fed_back: float = 0.0  # monotonic time of the last feedback
+
 
 
 def station_velocity(pose: tuple[float, float, float], goal: tuple[float, float, float],
@@ -71,7 +89,7 @@ class BaseMotionNode(Node):
         self.command = Latest((0.0, 0.0, 0.0))
         self.odom_pose = Latest()
         self.odom_speed = Latest((0.0, 0.0))
-        self.goto: tuple[str, tuple[float, float, float], float] | None = None
+        self.goto: StationGoal | None = None
         self.estopped = False
         self.was_moving = False
         self.create_subscription(TwistStamped, "base/cmd_vel", self.on_cmd_vel, COMMAND_QOS)
@@ -79,31 +97,55 @@ class BaseMotionNode(Node):
         self.create_subscription(Odometry, "odom", self.on_odom, SENSOR_QOS)
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.create_timer(self.period_s, self.control)
+        WorkerActionServer(self, GoToStation, "base/go_to_station", lambda run: self.start_goto(run.goal.station, run),
+                           lambda message: GoToStation.Result(success=False, message=message),
+                           on_cancel=self.on_cancel)
         self.publish_status("idle", "ready")
 
     def publish_status(self, state: str, message: str, **extra):
         publish_json(self.status_pub, {"state": state, "message": message,
-                                       "station": self.goto[0] if self.goto else "", **extra})
+                                       "station": self.goto.name if self.goto else "", **extra})
+
+    def end_goto(self, state: str, message: str, **extra):
+        """The drive to a station ends: base/status says how, and its goal gets the result."""
+        self.publish_status(state, message, **extra)
+        goal, self.goto = self.goto, None
+        if goal is not None and goal.run is not None:
+            goal.run.finish(GoToStation.Result(success=state == "arrived", message=message), state == "arrived")
+
+    def start_goto(self, station: str, run: GoalRun | None) -> str:
+        """Drive to `station`, or why not."""
+        station = station.strip()
+        if station not in self.stations:
+            why = f"unknown station '{station[:80]}'; known: {sorted(self.stations)}"
+        elif self.estopped:
+            why = "emergency stop is engaged"
+        else:
+            if self.goto is not None:
+                self.end_goto("failed", f"going to {self.goto.name}: replaced by a goal for the {station}")
+            self.goto = StationGoal(station, self.stations[station], time.monotonic(), run)
+            self.publish_status("moving", f"going to {station}")
+            return ""
+        self.publish_status("refused", why)
+        return why
+
+    def on_cancel(self, run: GoalRun):
+        if self.goto is not None and self.goto.run is run:
+            self.end_goto("stopped", f"going to {self.goto.name}: canceled; base stopped")
+            self.stop_now()
 
     def on_cmd_vel(self, msg: TwistStamped):
         command = (msg.twist.linear.x, msg.twist.linear.y, msg.twist.angular.z)
         if not finite(command):
             self.diag.publish("error", f"refused base command {command}: not finite; stopping")
             command = (0.0, 0.0, 0.0)
-        self.goto = None
+        if self.goto is not None:
+            self.end_goto("failed", f"going to {self.goto.name}: a base/cmd_vel command took over")
         self.command.set(command)
         self.cmd_watchdog.feed(time.monotonic())
 
     def on_goto(self, msg: String):
-        station = msg.data.strip()
-        if station not in self.stations:
-            self.publish_status("refused", f"unknown station '{station[:80]}'; known: {sorted(self.stations)}")
-            return
-        if self.estopped:
-            self.publish_status("refused", "emergency stop is engaged")
-            return
-        self.goto = (station, self.stations[station], time.monotonic())
-        self.publish_status("moving", f"going to {station}")
+        self.start_goto(msg.data, None)
 
     def on_odom(self, msg: Odometry):
         o, position = msg.pose.pose.orientation, msg.pose.pose.position
@@ -122,7 +164,8 @@ class BaseMotionNode(Node):
     def on_estop(self, msg: Bool):
         if msg.data and not self.estopped:
             self.estopped = True
-            self.goto = None
+            if self.goto is not None:
+                self.end_goto("stopped", f"going to {self.goto.name}: emergency stop")
             self.stop_now()
             self.publish_status("stopped", "emergency stop")
             self.diag.publish("error", "emergency stop engaged")
@@ -142,24 +185,25 @@ class BaseMotionNode(Node):
         self.cmd_pub.publish(msg)
 
     def goto_command(self, now: float):
-        name, goal, started = self.goto
+        goal = self.goto
+        name = goal.name
         pose = self.odom_pose.get()
         if pose is None or self.odom_watchdog.expired(now):
-            self.goto = None
-            self.publish_status("failed", f"going to {name}: no fresh /odom")
+            self.end_goto("failed", f"going to {name}: no fresh /odom")
             return None
-        if now - started > self.goto_timeout_s:
-            self.goto = None
-            self.publish_status("failed", f"going to {name}: not there after {self.goto_timeout_s:.0f} s")
+        if now - goal.started > self.goto_timeout_s:
+            self.end_goto("failed", f"going to {name}: not there after {self.goto_timeout_s:.0f} s")
             return None
-        body, wz, distance, heading_error = station_velocity(pose, goal, self.goto_gain)
+        body, wz, distance, heading_error = station_velocity(pose, goal.pose, self.goto_gain)
+        if goal.run is not None and now - goal.fed_back > FEEDBACK_PERIOD_S:
+            goal.fed_back = now
+            goal.run.feedback(GoToStation.Feedback(distance_m=distance, heading_error_rad=heading_error))
         # Arrived only once settled there: a node that got its odometry late (a loaded
         # machine) passes through the station at speed and must come back, not stop past it.
         linear, angular = self.odom_speed.get()
         if (distance < self.goto_tolerance[0] and heading_error < self.goto_tolerance[1]
                 and linear < self.goto_settled_speed[0] and angular < self.goto_settled_speed[1]):
-            self.goto = None
-            self.publish_status("arrived", f"at {name}", station_reached=name)
+            self.end_goto("arrived", f"arrived at the {name}", station_reached=name)
             return None
         return (body[0], body[1], wz)
 

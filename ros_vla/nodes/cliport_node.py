@@ -1,21 +1,23 @@
 """cliport_node: language-conditioned pick-and-place from RGB-D (CLIPort).
 
-skill/request (JSON, skill `skill_name`, default "pick_place"): its `text` is the
-instruction ("put the red block in the green bowl"). The node takes the newest colour +
-aligned depth frames of each view in `views` that arrived after the request (the arm is
-then back at its ready pose, out of the way), fuses them into a heightmap in fr3_link0
-(view poses from the calibration files, fr3_link0 from the scene's arm mount), asks the
-model for pick and place, sends arm/pick_place and reports arm/result as skill/result.
+The skill/<skill_name> action (ExecuteSkill; skill_name defaults to "pick_place"; or
+skill/request JSON): its `text` is the instruction ("put the red block in the green bowl").
+The node takes the newest colour + aligned depth frames of each view in `views` that
+arrived after the request (the arm is then back at its ready pose, out of the way), fuses
+them into a heightmap in fr3_link0 (view poses from the calibration files, fr3_link0 from
+the scene's arm mount), asks the model for pick and place, and runs them as an
+arm/pick_and_place goal (PickPlace); canceling the skill cancels that goal (the arm holds).
 It publishes the input heightmap with the pick (red) and place (green) heatmaps laid
 over it on `cliport/heatmaps` (rgb8).
 
-Refusals (skill/result failure with the reason, nothing sent to the arm): empty or
+Refusals (the skill fails with the reason, nothing sent to the arm): empty or
 over-long text; text naming nothing the skill can handle (no block, bowl or stand);
 a model confidence below `min_confidence` (nothing in view fits the text, e.g. a colour
 not on the table); no fresh frames from any view.
 
-skill/affordance_query {id, texts} -> skill/affordance {id, source: "cliport", values}:
-the model's confidence for each skill text on the newest frames, for the SayCan planner.
+The cliport/affordance service (AffordanceQuery; or skill/affordance_query {id, texts} ->
+skill/affordance {id, source: "cliport", values} in JSON): the model's confidence for each
+skill text on the newest frames, all texts in one call, for the SayCan planner.
 
 Threads: callbacks only keep the newest messages; loading the model, heightmaps and
 inference run on one worker thread, requests in order.
@@ -29,12 +31,14 @@ import time
 import numpy as np
 import yaml
 from rclpy.node import Node
+from ros_vla_interfaces.srv import AffordanceQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from ros_vla import protocol
 from ros_vla.cliport.config import WORKSPACE
 from ros_vla.language import KIND_SYNONYMS
+from ros_vla.nodes.actions import worker_service
 from ros_vla.nodes.common import (
     COMMAND_QOS,
     SENSOR_QOS,
@@ -42,12 +46,13 @@ from ros_vla.nodes.common import (
     Diagnostics,
     FrameFilter,
     Latest,
+    PickPlaceCaller,
     QueueWorker,
-    Replies,
+    SkillRequest,
+    SkillServer,
     declare,
     publish_json,
     run_node,
-    run_pick_place_goal,
 )
 from ros_vla.paths import config_file, model_dir, package_share
 from ros_vla.perception.calibration import read_calibration
@@ -112,18 +117,17 @@ class CLIPortNode(Node):
                                      SENSOR_QOS)
             self.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
                                      FrameFilter(latest["info"].set, camera_info_problem), SENSOR_QOS)
-        self.arm_results = Replies()
-        self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
+        self.arm = PickPlaceCaller(self)
         self.affordance_pub = self.create_publisher(String, "skill/affordance", STATUS_QOS)
-        self.pick_place_pub = self.create_publisher(String, "arm/pick_place", COMMAND_QOS)
         self.heatmap_pub = self.create_publisher(Image, "cliport/heatmaps", STATUS_QOS)
-        self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
         self.create_subscription(String, "skill/affordance_query", self.on_affordance_query, COMMAND_QOS)
-        self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
         self.agent = None
         self.load_error = ""
         self.work = QueueWorker(self, self.serve, "cliport")
         self.work.put(("load", None))
+        self.skill = SkillServer(self, self.diag, self.skill_name, self.submit)
+        worker_service(self, AffordanceQuery, "cliport/affordance", self.submit_affordance_query,
+                       lambda why: AffordanceQuery.Response(answered=False, source="cliport", message=why))
 
     def camera_pose_in_link0(self, path: str) -> np.ndarray:
         full = package_share() / path if not path.startswith("/") else path
@@ -136,17 +140,16 @@ class CLIPortNode(Node):
                          "cameras fixed to the robot (base_link or fr3_link0)")
 
     # ----------------------------------------------------------------- callbacks: queue
-    def on_request(self, msg: String):
-        try:
-            request = protocol.decode("skill_request", msg.data)
-        except protocol.ProtocolError as err:
-            self.diag.publish("error", f"skill request refused: {err}")
-            return
-        if request["skill"] == self.skill_name:
-            item = ("skill", (request, time.monotonic(), self.get_clock().now().nanoseconds * 1e-9))
-            if not self.work.put(item):
-                publish_json(self.result_pub, {"id": request["id"], "success": False,
-                                               "message": "cliport busy: too many requests already waiting"})
+    def submit(self, request: SkillRequest) -> str:
+        return "" if self.work.put(("skill", request)) else "cliport busy: too many requests already waiting"
+
+    def submit_affordance_query(self, request: AffordanceQuery.Request, answer) -> str:
+        texts = list(request.texts)
+        if len(texts) > protocol.MAX_AFFORDANCE_TEXTS:
+            return f"at most {protocol.MAX_AFFORDANCE_TEXTS} texts in one query"
+        if not self.work.put(("affordance_service", (texts, answer))):
+            return "cliport busy: too many requests already waiting"
+        return ""
 
     def on_affordance_query(self, msg: String):
         try:
@@ -157,24 +160,24 @@ class CLIPortNode(Node):
         if not self.work.put(("affordance", query)):
             self.diag.publish("warn", f"affordance query {query['id'][:40]} dropped: too many requests waiting")
 
-    def on_arm_result(self, msg: String):
-        try:
-            self.arm_results.put(protocol.decode("arm_result", msg.data))
-        except protocol.ProtocolError as err:
-            self.diag.publish("warn", f"ignoring malformed arm result: {err}")
-
     # ----------------------------------------------------------------- worker
     def serve(self, item):
         kind, payload = item
         if kind == "load":
             self.load()
         elif kind == "skill":
-            request, _, requested_at = payload
-            success, message = self.run_skill(request, requested_at)
+            success, message = self.run_skill(payload)
             if self.context.ok():
-                publish_json(self.result_pub, {"id": request["id"], "success": success, "message": message})
+                payload.answer(success, message)
+        elif kind == "affordance_service":
+            texts, answer = payload
+            values, why_not = self.affordances(texts)
+            answer(AffordanceQuery.Response(answered=not why_not, source="cliport", values=values, message=why_not))
         else:
-            self.answer_affordances(payload)
+            values, why_not = self.affordances(payload["texts"])
+            if why_not:  # the JSON reply has no field for why: zeros, as it always answered
+                values = [0.0] * len(payload["texts"])
+            publish_json(self.affordance_pub, {"id": payload["id"], "source": "cliport", "values": values})
 
     def load(self):
         from ros_vla.cliport.agent import load_agent
@@ -214,8 +217,8 @@ class CLIPortNode(Node):
             return None
         return fuse_heightmap(views, WORKSPACE)
 
-    def run_skill(self, request: dict, requested_at: float) -> tuple[bool, str]:
-        text = request["text"]
+    def run_skill(self, request: SkillRequest) -> tuple[bool, str]:
+        text = request.text
         problem = skill_text_problem(text)
         if problem:
             return False, f"cliport refused: {problem}"
@@ -223,7 +226,8 @@ class CLIPortNode(Node):
             return False, self.load_error or "cliport: the model is still loading"
         if not self.view_poses:
             return False, f"cliport: no calibrated camera: {self.calibration_problem}"
-        heightmap = self.heightmap(requested_at)
+        request.report("perceiving", 0.0)
+        heightmap = self.heightmap(request.requested_at)
         if heightmap is None:
             return False, (f"cliport: no fresh colour + depth frames from {', '.join(self.frames)} within "
                            f"{self.p['frame_timeout_s']:.0f} s")
@@ -233,9 +237,10 @@ class CLIPortNode(Node):
         if prediction.confidence < self.p["min_confidence"]:
             return False, (f"cliport refused: nothing in view fits '{text[:80]}' (confidence "
                            f"{prediction.confidence:.2f} < {self.p['min_confidence']:.2f})")
-        moved, message = run_pick_place_goal(self, self.pick_place_pub, self.arm_results, prediction.pick_xyz,
-                                             prediction.pick_yaw, prediction.place_xyz, prediction.place_yaw,
-                                             self.p["arm_timeout_s"])
+        if request.canceled.is_set():
+            return False, "canceled before the arm moved"
+        moved, message = self.arm.run(prediction.pick_xyz, prediction.pick_yaw, prediction.place_xyz,
+                                      prediction.place_yaw, self.p["arm_timeout_s"], request)
         if not moved:
             return False, message
         return True, (f"picked at {np.round(prediction.pick_xyz, 3).tolist()} and placed at "
@@ -247,15 +252,19 @@ class CLIPortNode(Node):
         picture = heatmap_picture(colour, prediction, self.agent.cfg.downsample)
         self.heatmap_pub.publish(image_msg(picture, "rgb8", self.get_clock().now().to_msg(), "fr3_link0"))
 
-    def answer_affordances(self, query: dict):
-        values = [0.0] * len(query["texts"])
-        heightmap = self.heightmap(0.0) if self.agent is not None else None
-        if heightmap is not None:
-            checked = [i for i, t in enumerate(query["texts"]) if not skill_text_problem(t)]
-            confidences = self.agent.affordances(*heightmap, [query["texts"][i] for i in checked])
-            for i, value in zip(checked, confidences):
-                values[i] = float(value)
-        publish_json(self.affordance_pub, {"id": query["id"], "source": "cliport", "values": values})
+    def affordances(self, texts: list[str]) -> tuple[list[float], str]:
+        """The model's confidence per text on the newest frames (0 for a text the skill cannot
+        handle), and why there are none ("" when there are)."""
+        if self.agent is None:
+            return [], self.load_error or "cliport: the model is still loading"
+        heightmap = self.heightmap(0.0)
+        if heightmap is None:
+            return [], f"cliport: no colour + depth frames from {', '.join(self.frames) or 'any camera'}"
+        values = [0.0] * len(texts)
+        checked = [i for i, t in enumerate(texts) if not skill_text_problem(t)]
+        for i, value in zip(checked, self.agent.affordances(*heightmap, [texts[i] for i in checked])):
+            values[i] = float(value)
+        return values, ""
 
     def close(self):
         self.work.close()

@@ -11,6 +11,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import rclpy
@@ -19,10 +20,12 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from ros_vla_interfaces.action import ExecuteSkill, PickPlace
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from ros_vla import protocol
+from ros_vla.nodes.actions import ActionCaller, WorkerActionServer
 
 SENSOR_QOS = qos_profile_sensor_data
 # Publishers of camera data are reliable so both best-effort (SensorDataQoS) and reliable
@@ -304,63 +307,110 @@ class ListenerWatch:
         return bool(gone or rejoined)
 
 
-def run_pick_place_goal(node: Node, publisher, arm_results: Replies, pick_xyz, pick_yaw: float, place_xyz,
-                        place_yaw: float, timeout_s: float) -> tuple[bool, str]:
-    """Send one arm/pick_place goal (fr3_link0) and wait for its arm/result: the skill
-    nodes' side of the arm_motion protocol. (False, why) on refusal, failure or silence."""
-    goal_id = uuid.uuid4().hex[:8]
-    arm_results.clear()
-    watch = ListenerWatch(node, publisher)
-    publish_json(publisher, {
-        "id": goal_id, "frame": "fr3_link0",
-        "pick": {"xyz": [float(v) for v in pick_xyz], "yaw": float(pick_yaw)},
-        "place": {"xyz": [float(v) for v in place_xyz], "yaw": float(place_yaw)},
-    })
-    result = arm_results.wait(lambda reply: reply["id"] == goal_id, timeout_s, give_up=watch.left)
-    if result is None and watch.left():
-        return False, "arm_motion left mid-goal (it died?): goal failed"
-    if result is None:
-        return False, f"arm did not answer within {timeout_s:.0f} s"
-    if not result["success"]:
-        return False, f"arm: {result['message']}"
-    return True, result["message"]
+@dataclass
+class SkillRequest:
+    """One skill for a skill node to run, from its skill/<executor> action or skill/request."""
+
+    id: str
+    skill: str
+    text: str
+    args: dict
+    requested_at: float  # node clock, seconds: camera frames must be newer than this
+    canceled: threading.Event
+    answer: Callable[[bool, str], None]  # once, when the skill has ended
+    report: Callable[[str, float], None] = lambda phase, progress: None  # phase, progress 0..1
 
 
-def run_skill_request(node: Node, publisher, skill_results: Replies, skill: str, text: str, args: dict,
-                      timeout_s: float) -> tuple[bool, str]:
-    """Send one skill/request and wait for its skill/result: the planners' side of the
-    skill protocol."""
-    skill_id = uuid.uuid4().hex[:8]
-    skill_results.clear()
-    watch = ListenerWatch(node, publisher)
-    publish_json(publisher, {"id": skill_id, "skill": skill, "text": text, "args": args})
-    result = skill_results.wait(lambda reply: reply["id"] == skill_id, timeout_s, give_up=watch.left)
-    if result is None and watch.left():
-        return False, f"a skill node left while running '{skill}' (it died?): skill failed"
-    if result is None:
-        return False, f"no skill result within {timeout_s:.0f} s (is a skill executor running?)"
-    return result["success"], result["message"]
+class SkillServer:
+    """A skill node's side of the skill protocol for its executor (e.g. "pick_place"):
+    - the skill/<executor> action (ros_vla_interfaces/ExecuteSkill): feedback, result, cancel;
+    - skill/request -> skill/result (JSON, the compatibility layer for tools that speak it:
+      protocol.py), for requests whose skill is this executor.
+    Both reach `submit(request) -> str` in the executor; it queues the request for the node's
+    worker, or returns why not (the request fails at once with that reason). `on_cancel` is
+    called in the executor when a goal is canceled (request.canceled is already set)."""
+
+    def __init__(self, node: Node, diag: Diagnostics, executor: str, submit: Callable[[SkillRequest], str],
+                 on_cancel: Callable[[SkillRequest], None] = lambda request: None):
+        self._node = node
+        self._diag = diag
+        self.executor = executor
+        self._submit = submit
+        self._on_cancel = on_cancel
+        self._requests: dict[int, SkillRequest] = {}
+        self.result_pub = node.create_publisher(String, "skill/result", STATUS_QOS)
+        node.create_subscription(String, "skill/request", self._on_json_request, COMMAND_QOS)
+        self.action = WorkerActionServer(node, ExecuteSkill, f"skill/{executor}", self._on_goal,
+                                         lambda message: ExecuteSkill.Result(success=False, message=message),
+                                         on_cancel=lambda run: self._cancel(id(run)))
+
+    def _now_s(self) -> float:
+        return self._node.get_clock().now().nanoseconds * 1e-9
+
+    def _on_goal(self, run) -> str:
+        goal = run.goal
+        request = SkillRequest(
+            uuid.uuid4().hex[:8], goal.skill or self.executor, goal.text, {kv.key: kv.value for kv in goal.args},
+            self._now_s(), run.cancel_requested,
+            answer=lambda success, message: self._answered(id(run), lambda: run.finish(
+                ExecuteSkill.Result(success=success, message=message), success)),
+            report=lambda phase, progress: run.feedback(ExecuteSkill.Feedback(phase=phase, progress=float(progress))))
+        self._requests[id(run)] = request
+        why_not = self._submit(request)
+        if why_not:
+            self._requests.pop(id(run), None)
+        return why_not
+
+    def _answered(self, key: int, finish: Callable[[], None]):
+        self._requests.pop(key, None)
+        finish()
+
+    def _cancel(self, key: int):
+        request = self._requests.get(key)
+        if request is not None:
+            self._on_cancel(request)
+
+    def _on_json_request(self, msg: String):
+        try:
+            payload = protocol.decode("skill_request", msg.data)
+        except protocol.ProtocolError as err:
+            self._diag.publish("error", f"skill request refused: {err}")
+            return
+        if payload["skill"] != self.executor:
+            return
+
+        def answer(success: bool, message: str, request_id=payload["id"]):
+            publish_json(self.result_pub, {"id": request_id, "success": success, "message": message})
+
+        request = SkillRequest(payload["id"], payload["skill"], payload["text"], payload["args"], self._now_s(),
+                               threading.Event(), answer)
+        why_not = self._submit(request)
+        if why_not:
+            answer(False, why_not)
 
 
-def drive_to_station(node: Node, goto_publisher, base_status: Replies, station: str,
-                     timeout_s: float) -> tuple[bool, str]:
-    """base/goto a station and wait until base/status says it arrived there or gave up."""
-    base_status.clear()
-    watch = ListenerWatch(node, goto_publisher)
-    goto_publisher.publish(String(data=station))
+class PickPlaceCaller:
+    """A skill node's client of arm_motion's arm/pick_and_place action (fr3_link0)."""
 
-    def settled(status: dict) -> bool:
-        arrived = status.get("state") == "arrived" and status.get("station_reached") == station
-        return arrived or status.get("state") in ("failed", "refused", "stopped")
+    def __init__(self, node: Node):
+        self._caller = ActionCaller(node, PickPlace, "arm/pick_and_place", "arm_motion pick-and-place")
 
-    status = base_status.wait(settled, timeout_s, give_up=watch.left)
-    if status is None and watch.left():
-        return False, "base_motion left while driving (it died?): base goal failed"
-    if status is None:
-        return False, f"base did not arrive within {timeout_s:.0f} s"
-    if status["state"] == "arrived":
-        return True, f"arrived at the {station}"
-    return False, status.get("message", "base refused")
+    def run(self, pick_xyz, pick_yaw: float, place_xyz, place_yaw: float, timeout_s: float,
+            request: SkillRequest) -> tuple[bool, str]:
+        """(success, message); the skill request's cancel cancels the motion (the arm holds) and
+        the arm's phases become the skill's feedback."""
+        goal = PickPlace.Goal(frame_id="fr3_link0", pick_yaw=float(pick_yaw), place_yaw=float(place_yaw))
+        goal.pick_position.x, goal.pick_position.y, goal.pick_position.z = (float(v) for v in pick_xyz)
+        goal.place_position.x, goal.place_position.y, goal.place_position.z = (float(v) for v in place_xyz)
+        outcome = self._caller.call(goal, timeout_s, cancel=request.canceled,
+                                    feedback=lambda f: request.report(f.phase, f.progress))
+        if outcome.result is None:
+            return False, f"arm: {outcome.message}"
+        if outcome.canceled:
+            return False, f"canceled: {outcome.result.message}"
+        if not outcome.result.success:
+            return False, f"arm: {outcome.result.message}"
+        return True, outcome.result.message
 
 
 class FrameFilter:

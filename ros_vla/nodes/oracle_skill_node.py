@@ -4,8 +4,9 @@ ORACLE: it looks up object poses on /sim/ground_truth/objects, which exists only
 simulation. It stands in for a perception-driven skill (CLIPort) so the rest of the
 stack can be exercised end to end, and it is what evaluation compares learned skills to.
 
-skill/request (JSON, skill "pick_place", args {pick, place}) -> arm/pick_place (poses in
-fr3_link0) -> arm/result -> ground-truth check -> skill/result (JSON).
+The skill/pick_place action (ExecuteSkill, args pick and place: scene object names; or
+skill/request JSON) -> arm/pick_and_place (PickPlace, poses in fr3_link0) -> ground-truth
+check -> the skill's result. Canceling the skill cancels the arm's goal (the arm holds).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from std_msgs.msg import String
 from ros_vla import protocol
 from ros_vla.nodes.common import (
     COMMAND_QOS,
-    STATUS_QOS,
     Diagnostics,
     Latest,
+    PickPlaceCaller,
     QueueWorker,
-    Replies,
+    SkillRequest,
+    SkillServer,
     declare,
-    publish_json,
     run_node,
-    run_pick_place_goal,
 )
 from ros_vla.paths import config_file
 from ros_vla.sim.goals import object_in_container
@@ -45,13 +45,10 @@ class OracleSkillNode(Node):
         self.diag = Diagnostics(self)
         self.truth = Latest()
         self.truth_received = Latest(0.0)
-        self.arm_results = Replies()
-        self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
-        self.pick_place_pub = self.create_publisher(String, "arm/pick_place", COMMAND_QOS)
+        self.arm = PickPlaceCaller(self)
         self.create_subscription(String, "sim/ground_truth/objects", self.on_truth, COMMAND_QOS)
-        self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
-        self.create_subscription(String, "arm/result", self.on_arm_result, STATUS_QOS)
         self.requests = QueueWorker(self, self.work, "oracle")
+        self.skill = SkillServer(self, self.diag, "pick_place", self.submit)
 
     def on_truth(self, msg: String):
         try:
@@ -61,34 +58,21 @@ class OracleSkillNode(Node):
             return
         self.truth_received.set(time.monotonic())
 
-    def on_request(self, msg: String):
-        try:
-            request = protocol.decode("skill_request", msg.data)
-        except protocol.ProtocolError as err:
-            self.diag.publish("error", f"skill request refused: {err}")
-            return
-        if request["skill"] == "pick_place" and not self.requests.put(request):
-            publish_json(self.result_pub, {"id": request["id"], "success": False,
-                                           "message": "oracle busy: too many requests already waiting"})
-
-    def on_arm_result(self, msg: String):
-        try:
-            self.arm_results.put(protocol.decode("arm_result", msg.data))
-        except protocol.ProtocolError as err:
-            self.diag.publish("warn", f"ignoring malformed arm result: {err}")
+    def submit(self, request: SkillRequest) -> str:
+        return "" if self.requests.put(request) else "oracle busy: too many requests already waiting"
 
     def fresh_truth(self) -> dict | None:
         if time.monotonic() - self.truth_received.get() > self.truth_timeout_s:
             return None
         return self.truth.get()
 
-    def work(self, request: dict):
-        success, message = self.pick_place(request["args"])
+    def work(self, request: SkillRequest):
+        success, message = self.pick_place(request)
         if self.context.ok():
-            publish_json(self.result_pub, {"id": request["id"], "success": success, "message": message})
+            request.answer(success, message)
 
-    def pick_place(self, args: dict) -> tuple[bool, str]:
-        pick, place = args.get("pick"), args.get("place")
+    def pick_place(self, request: SkillRequest) -> tuple[bool, str]:
+        pick, place = request.args.get("pick"), request.args.get("place")
         truth = self.fresh_truth()
         if truth is None:
             return False, "oracle: no fresh ground truth (is the simulator running?)"
@@ -96,8 +80,7 @@ class OracleSkillNode(Node):
         if pick not in names or place not in names:
             return False, f"oracle: unknown object(s) {pick!r}, {place!r}; scene has {sorted(names)}"
         pick_xyz, pick_yaw, place_xyz, place_yaw = pick_place_targets(truth, pick, place, self.scene)
-        moved, message = run_pick_place_goal(self, self.pick_place_pub, self.arm_results, pick_xyz, pick_yaw, place_xyz,
-                                             place_yaw, self.arm_timeout_s)
+        moved, message = self.arm.run(pick_xyz, pick_yaw, place_xyz, place_yaw, self.arm_timeout_s, request)
         if not moved:
             return False, message
         time.sleep(self.settle_s)

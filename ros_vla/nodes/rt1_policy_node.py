@@ -1,7 +1,8 @@
 """rt1_policy_node: the RT-1 closed-loop skill. Camera frames in; arm, gripper and base
 commands out, at a fixed rate, until the policy says terminate.
 
-Input: skill/request (JSON) whose skill is `skill_name`; its text is the instruction. The
+Input: the skill/<skill_name> action (ExecuteSkill, default skill/rt1; or skill/request
+JSON whose skill is `skill_name`); its text is the instruction. The
 instruction is embedded once per skill (all-MiniLM-L6-v2). With `start_move_s` > 0 the arm
 first goes to `start_joint_positions` (arm/joint_trajectory, taking start_move_s), the pose
 the policy's demonstrations began in, and the policy starts once it is there. Then every
@@ -10,10 +11,10 @@ camera frame and sends what it decided (ros_vla.rt1.control):
   arm mode:  arm/ee_delta (TransformStamped, fr3_link0: the TCP displacement this step),
              arm/gripper (Float64 width, when it changes), zero base/cmd_vel;
   base mode: base/cmd_vel (TwistStamped, base_link: the step's displacement / period);
-  terminate: zero base/cmd_vel and skill/result success.
-A skill that runs past `max_duration_s` fails and stops; /estop ends it too, so releasing
-the stop never resumes a policy nobody is watching. One skill at a time: a request while
-one runs is refused (skill/result failure), not queued.
+  terminate: zero base/cmd_vel and the skill succeeds.
+A skill that runs past `max_duration_s` fails and stops; /estop and canceling the goal end
+it too (releasing the stop never resumes a policy nobody is watching). One skill at a time:
+a request while one runs is refused, not queued.
 
 Threads: the camera callback only keeps the newest frame; a worker thread loads the
 models at start and embeds instructions; inference runs in the control timer's callback,
@@ -50,20 +51,19 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, Float64, String
+from std_msgs.msg import Bool, Float64
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ros_vla import protocol
 from ros_vla.nodes.common import (
     COMMAND_QOS,
     SENSOR_QOS,
-    STATUS_QOS,
     Diagnostics,
     FrameFilter,
     Latest,
     QueueWorker,
+    SkillRequest,
+    SkillServer,
     declare,
-    publish_json,
     run_node,
 )
 from ros_vla.perception.ros_messages import image_array, image_problem, transform_msg
@@ -82,7 +82,7 @@ LATENCY_WINDOW_STEPS = 100
 
 @dataclass
 class Skill:
-    request_id: str
+    request: SkillRequest
     embedding: np.ndarray
     started: Time
     first_step: Time  # after the move to the start pose
@@ -130,7 +130,6 @@ class RT1PolicyNode(Node):
         self.gripper_pub = self.create_publisher(Float64, "arm/gripper", COMMAND_QOS)
         self.base_pub = self.create_publisher(TwistStamped, "base/cmd_vel", COMMAND_QOS)
         self.trajectory_pub = self.create_publisher(JointTrajectory, "arm/joint_trajectory", COMMAND_QOS)
-        self.result_pub = self.create_publisher(String, "skill/result", STATUS_QOS)
 
         # Why skills are refused ("" while the models load or once they are ready).
         self.unavailable = "" if p["model_dir"] else NO_WEIGHTS
@@ -151,9 +150,9 @@ class RT1PolicyNode(Node):
         self.frame = Latest()
         self.create_subscription(Image, self.camera_topic,
                                  FrameFilter(self.frame.set, lambda m: image_problem(m, ("rgb8",))), SENSOR_QOS)
-        self.create_subscription(String, "skill/request", self.on_request, COMMAND_QOS)
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.worker = QueueWorker(self, lambda job: job(), "rt1")
+        self.skill_server = SkillServer(self, self.diag, self.skill_name, self.submit, on_cancel=self.cancel)
         if p["model_dir"]:
             self.worker.put(partial(self.load, Path(p["model_dir"]).expanduser()))
         else:
@@ -184,48 +183,48 @@ class RT1PolicyNode(Node):
         self.backend_name = policy.backend.name
         self.diag.publish("ok", f"ready: RT-1 '{self.config_name}' on {self.backend_name} from {model_dir}")
 
-    def prepare(self, request: dict):
+    def prepare(self, request: SkillRequest):
         """Embed the instruction (once per skill), then hand the skill to the control timer."""
         refusal = self.unavailable
         if not refusal:
             try:
-                embedding = self.encoder.embed([request["text"]])[0]
+                embedding = self.encoder.embed([request.text])[0]
             except Exception as err:  # a failed embedding fails this skill, not the node
                 refusal = f"cannot embed the instruction: {err!r}"
         with self.skill_lock:
             # on_estop sets the flag before it looks for a skill to end: checked under the
             # lock, a stop that comes while the instruction is embedded is never missed.
             refusal = refusal or ("emergency stop is engaged" if self.estopped else "")
+            refusal = refusal or ("canceled before the first step" if request.canceled.is_set() else "")
             if not refusal:
                 self.last_gripper_width = None
                 now = self.get_clock().now()
                 wait_s = self.start_move_s + START_SETTLE_S if self.start_move_s else 0.0
-                self.skill = Skill(request["id"], embedding, now, now + Duration(seconds=wait_s))
+                self.skill = Skill(request, embedding, now, now + Duration(seconds=wait_s))
                 if self.start_move_s:
                     self.move_to_start()
         if refusal:
-            self.reply(request["id"], False, refusal)
+            request.answer(False, refusal)
             self.busy.clear()
             return
-        self.diag.publish("ok", f"skill {request['id']} started: {request['text'][:200]}")
+        self.diag.publish("ok", f"skill {request.id} started: {request.text[:200]}")
 
     # ----------------------------------------------------------------- inputs
-    def on_request(self, msg: String):
-        try:
-            request = protocol.decode("skill_request", msg.data)
-        except protocol.ProtocolError as err:
-            self.diag.publish("error", f"skill request refused: {err}")
-            return
-        if request["skill"] != self.skill_name:
-            return
+    def submit(self, request: SkillRequest) -> str:
         if self.unavailable:
-            self.reply(request["id"], False, self.unavailable)
-        elif self.busy.is_set():
-            self.reply(request["id"], False, f"busy with RT-1 skill {self.current_id}; send it again when it ends")
-        else:
-            self.busy.set()
-            self.current_id = request["id"]
-            self.worker.put(partial(self.prepare, request))
+            return self.unavailable
+        if self.busy.is_set():
+            return f"busy with RT-1 skill {self.current_id}; send it again when it ends"
+        self.busy.set()
+        self.current_id = request.id
+        self.worker.put(partial(self.prepare, request))
+        return ""
+
+    def cancel(self, request: SkillRequest):
+        with self.skill_lock:
+            skill = self.skill
+        if skill is not None and skill.request is request:
+            self.finish(skill, False, f"canceled after {steps_text(skill.steps)}: robot stopped")
 
     def on_estop(self, msg: Bool):
         self.estopped = msg.data
@@ -266,6 +265,8 @@ class RT1PolicyNode(Node):
         skill.steps += 1
         self.holding = False
         self.send(command, now)
+        skill.request.report(f"step {skill.steps}", min(1.0, (now - skill.started).nanoseconds * 1e-9
+                                                        / self.max_duration_s))
         latency_s = time.perf_counter() - started
         self.steps += 1
         self.latencies_s.append(latency_s)
@@ -331,12 +332,9 @@ class RT1PolicyNode(Node):
         self.holding = False
         self.send(STOP, self.get_clock().now())
         self.policy.reset()
-        self.reply(skill.request_id, success, message)
+        skill.request.answer(success, message)
         self.busy.clear()
-        self.diag.publish("ok" if success else "warn", f"skill {skill.request_id}: {message}", **self.counters())
-
-    def reply(self, request_id: str, success: bool, message: str):
-        publish_json(self.result_pub, {"id": request_id, "success": success, "message": message})
+        self.diag.publish("ok" if success else "warn", f"skill {skill.request.id}: {message}", **self.counters())
 
     # ----------------------------------------------------------------- diagnostics
     def counters(self) -> dict:
@@ -361,7 +359,7 @@ class RT1PolicyNode(Node):
             level, message = "ok", "loading RT-1"
         else:
             level = "warn" if new_misses or new_stale else "ok"
-            message = (f"running skill {skill.request_id}: {steps_text(skill.steps)}" if skill else "idle")
+            message = (f"running skill {skill.request.id}: {steps_text(skill.steps)}" if skill else "idle")
             if new_misses:
                 message += f"; {new_misses} deadline misses in the last {REPORT_PERIOD_S:g} s"
             if new_stale:

@@ -1,64 +1,43 @@
-"""saycan_planner_node: /instruction in, SayCan plans and runs skills, task/status out.
+"""saycan_planner_node: /instruction or a run_task goal in, SayCan plans and runs skills,
+task/status out.
 
 Each next skill = argmax over the skill library of p_LM(skill | instruction, steps so far)
 x p(success | current state, skill) (ros_vla.saycan.planner), until "done", a step limit,
 or too many failed skills (each failure triggers a replan from the new state).
 
 Affordances ("Can"), re-asked before every step, per skill in its configured order:
-- cliport: an affordance_query on skill/affordance_query; the reply on skill/affordance
-  with source "cliport" (waited for `cliport_timeout_s`; nobody answering = next source);
+- cliport: one cliport/affordance call (ros_vla_interfaces/AffordanceQuery) with every
+  cliport-scored text, answered within `cliport_timeout_s` (no answer = next source);
 - value_function: the learned value function on the newest head and wrist camera frames;
 - otherwise `default_affordance`.
-Executors: pick_place/pick/put_down/rt1 -> skill/request {id, skill, text, args} and its
-skill/result; navigate -> base/goto and base/status. Skills whose executor is not in
-`executors` are left out of the library, so they can never be chosen.
+Executors: pick_place/pick/put_down/rt1 -> the skill/<executor> action (ExecuteSkill);
+navigate -> base/go_to_station. Skills whose executor is not in `executors` are left out of
+the library, so they can never be chosen.
 
-task/status carries the plan so far and the top-k scored skills per step:
-{id, instruction, state, message, plan, step, scores: [{skill, llm, affordance, combined}],
-explanation}; the message repeats the top 3 as text for `ros-vla say`.
-One task at a time; a new instruction while busy is refused, not queued.
+task/status (TaskStatus) carries the plan so far and the top-k scored skills per step; the
+message repeats the top 3 as text for `ros-vla say`. Tasks, cancel and the emergency stop
+are the shared task runner's (nodes/task_runner.py).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 from rclpy.node import Node
+from ros_vla_interfaces.srv import AffordanceQuery
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool, String
 
-from ros_vla import protocol
-from ros_vla.nodes.common import (
-    COMMAND_QOS,
-    SENSOR_QOS,
-    STATUS_QOS,
-    Diagnostics,
-    FrameFilter,
-    Latest,
-    QueueWorker,
-    Replies,
-    TaskJournal,
-    declare,
-    drive_to_station,
-    publish_json,
-    run_node,
-    run_skill_request,
-)
+from ros_vla.nodes.actions import call_service
+from ros_vla.nodes.common import SENSOR_QOS, Diagnostics, FrameFilter, Latest, declare, run_node, start_worker
+from ros_vla.nodes.task_runner import Task, TaskRunner
 from ros_vla.paths import config_file, package_share
 from ros_vla.perception.ros_messages import image_array, image_problem
 from ros_vla.saycan.config import PlannerConfig, Skill, load_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
 from ros_vla.saycan.planner import SayCanPlanner
 from ros_vla.sim.scene import load_scene
-
-SKILL_REQUEST_EXECUTORS = ("pick_place", "pick", "put_down", "rt1")
-
-
-class EmergencyStop(RuntimeError):
-    """/estop was engaged during the task: it ends "stopped", nothing more of it runs."""
 
 
 class NoObservation(RuntimeError):
@@ -80,23 +59,9 @@ class SayCanPlannerNode(Node):
         self.default_affordance = float(p["default_affordance"])
         self.cliport_timeout_s = p["cliport_timeout_s"]
         self.stale_image_s = p["stale_image_s"]
-        self.skill_timeout_s = p["skill_timeout_s"]
-        self.navigation_timeout_s = p["navigation_timeout_s"]
         self.diag = Diagnostics(self)
-        self.status_pub = self.create_publisher(String, "task/status", STATUS_QOS)
-        self.skill_pub = self.create_publisher(String, "skill/request", COMMAND_QOS)
-        self.goto_pub = self.create_publisher(String, "base/goto", COMMAND_QOS)
-        self.query_pub = self.create_publisher(String, "skill/affordance_query", COMMAND_QOS)
-        self.skill_results = Replies()
-        self.base_status = Replies()
-        self.affordance_replies = Replies()
+        self.cliport = self.create_client(AffordanceQuery, "cliport/affordance")
         self.frames = {"camera": Latest(), "wrist": Latest()}
-        self.busy = threading.Event()
-        self.create_subscription(String, "instruction", self.on_instruction, COMMAND_QOS)
-        self.create_subscription(String, "skill/result", self.on_skill_result, STATUS_QOS)
-        self.create_subscription(String, "skill/affordance", self.on_affordance, STATUS_QOS)
-        self.create_subscription(String, "base/status",
-                                 lambda m: self.base_status.put_decoded("base_status", m.data), STATUS_QOS)
         for view, topic in (("camera", p["head_camera_topic"]), ("wrist", p["wrist_camera_topic"])):
             keep = FrameFilter(lambda m, view=view: self.frames[view].set((time.monotonic(), m)),
                                lambda m: image_problem(m, ("rgb8",)))
@@ -108,75 +73,24 @@ class SayCanPlannerNode(Node):
         self.value_function = None
         self.load_error = ""
         self.ready_message = ""
-        self.ready = threading.Event()
-        # Models load in the worker so the node is on the graph (and answers "loading") at once.
-        self.estopped = threading.Event()
-        self.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
-                                 COMMAND_QOS)
-        self.tasks = QueueWorker(self, self.work, "saycan")
-        self.journal = TaskJournal(self, self.status_pub, self.status)
+        self.loaded = threading.Event()  # the models loaded, or failed to (load_error)
+        self.tasks = TaskRunner(self, self.diag, self.run_task, p["executors"], p["skill_timeout_s"],
+                                p["navigation_timeout_s"], name="saycan")
         # /diagnostics also on a timer: a monitor that starts later still learns whether the planner is up.
         self.create_timer(p["report_period_s"], self.report)
-        self.tasks.put(("load", p, config))
+        # Models load in a thread so the node is on the graph (and answers "loading") at once.
+        start_worker(self, lambda: self.load(p, config), "saycan_load")
         self.get_logger().info(f"skill library: {len(self.library.skills)} skills for executors {p['executors']}")
-
-    # ----------------------------------------------------------------- callbacks: store only
-    def on_instruction(self, msg: String):
-        task_id = uuid.uuid4().hex[:8]
-        shown = msg.data[:protocol.MAX_INSTRUCTION_CHARS]
-        if self.estopped.is_set():
-            self.status(task_id, shown, "refused", "the emergency stop is engaged: release /estop, then send it again")
-            return
-        if self.busy.is_set():
-            self.status(task_id, shown, "refused", "busy with another task; send it again when the current one ends")
-            return
-        self.busy.set()
-        self.tasks.put(("task", task_id, msg.data))
-
-    def on_skill_result(self, msg: String):
-        try:
-            self.skill_results.put(protocol.decode("skill_result", msg.data))
-        except protocol.ProtocolError as err:
-            self.diag.publish("warn", f"ignoring malformed skill result: {err}")
-
-    def on_affordance(self, msg: String):
-        try:
-            self.affordance_replies.put(protocol.decode("affordance", msg.data))
-        except protocol.ProtocolError as err:
-            self.diag.publish("warn", f"ignoring malformed affordance reply: {err}")
 
     def report(self):
         if self.load_error:
             self.diag.publish("error", self.load_error)
-        elif not self.ready.is_set():
+        elif not self.loaded.is_set():
             self.diag.publish("ok", "loading the language model and the value function")
-        elif not self.busy.is_set():
+        elif not self.tasks.busy.is_set():
             self.diag.publish("ok", self.ready_message)
 
     # ----------------------------------------------------------------- worker
-    def status(self, task_id: str, instruction: str, state: str, message: str, plan=(), scores=(),
-               explanation: str = ""):
-        publish_json(self.status_pub, {
-            "id": task_id, "instruction": instruction, "state": state, "message": message, "plan": list(plan),
-            "step": len(plan), "scores": [s.as_dict() for s in scores], "explanation": explanation})
-        level = {"failed": "warn", "refused": "warn"}.get(state, "ok")
-        self.diag.publish(level, f"task {task_id} {state}: {message}"[:400], instruction=instruction[:200])
-
-    def work(self, item: tuple):
-        if item[0] == "load":
-            self.load(*item[1:])
-            return
-        _, task_id, text = item
-        self.journal.begin(task_id, text[:protocol.MAX_INSTRUCTION_CHARS])
-        try:
-            self.run_task(task_id, text)
-        except Exception as err:  # a bug in one task must not take the node down
-            if self.context.ok():
-                self.status(task_id, text[:200], "failed", f"internal error: {err!r}")
-        finally:
-            self.journal.end()
-            self.busy.clear()
-
     def load(self, p: dict, config: PlannerConfig):
         from ros_vla.saycan.llm import load_language_model
 
@@ -192,33 +106,36 @@ class SayCanPlannerNode(Node):
             self.load_error = f"cannot load the planner's models: {err}"
             self.diag.publish("error", self.load_error)
             return
+        finally:
+            self.loaded.set()
         self.planner = SayCanPlanner(self.library, lm, self.affordances, config,
                                      few_shot_examples(config.chain_of_thought))
         self.ready_message = f"ready: language model {lm.name}, value function {vf_dir}"
-        self.ready.set()
         self.report()
 
-    def run_task(self, task_id: str, text: str):
-        shown = text[:protocol.MAX_INSTRUCTION_CHARS]
-        if not self.ready.is_set():
-            self.status(task_id, shown, "refused",
-                        self.load_error or "still loading the language model; try again in a moment")
+    def run_task(self, task: Task):
+        # A task sent while the models load waits for them.
+        self.loaded.wait()
+        if self.planner is None:
+            task.status("refused", self.load_error or "the planner's models did not load")
             return
-        self.status(task_id, shown, "received", "planning")
+        task.status("received", "planning")
 
         def progress(state, message, plan, scores):
-            self.status(task_id, shown, state, message, plan, scores)
+            task.status(state, message, plan, scores=scores)
+
+        def execute(skill: Skill) -> tuple[bool, str]:
+            if skill.executor == "navigate":
+                return task.navigate(skill.args["station"])
+            return task.run_skill(skill.executor, skill.text, skill.args)
 
         try:
-            outcome = self.planner.run(text, self.execute, progress)
+            outcome = self.planner.run(task.text, execute, progress)
         except NoObservation as err:
-            self.status(task_id, shown, "failed", str(err))
+            task.status("failed", str(err))
             return
-        except EmergencyStop as err:
-            self.status(task_id, shown, "stopped", str(err))
-            return
-        self.status(task_id, shown, outcome.state, outcome.message, outcome.steps, outcome.scores,
-                    outcome.explanation)
+        task.status(outcome.state, outcome.message, outcome.steps, scores=outcome.scores,
+                    explanation=outcome.explanation)
 
     # ----------------------------------------------------------------- affordances
     def affordances(self, skills: list[Skill]) -> np.ndarray:
@@ -234,13 +151,10 @@ class SayCanPlannerNode(Node):
         return np.where(np.isnan(values), self.default_affordance, values)
 
     def ask_cliport(self, texts: list[str]) -> np.ndarray | None:
-        query_id = uuid.uuid4().hex[:8]
-        self.affordance_replies.clear()
-        publish_json(self.query_pub, {"id": query_id, "texts": texts})
-        reply = self.affordance_replies.wait(
-            lambda r: r["id"] == query_id and r["source"] == "cliport" and len(r["values"]) == len(texts),
-            self.cliport_timeout_s)
-        return None if reply is None else np.clip(np.asarray(reply["values"], float), 0.0, 1.0)
+        response = call_service(self.cliport, AffordanceQuery.Request(texts=texts), self.cliport_timeout_s)
+        if response is None or not response.answered or len(response.values) != len(texts):
+            return None
+        return np.clip(np.asarray(response.values, float), 0.0, 1.0)
 
     def observation(self) -> np.ndarray:
         from ros_vla.saycan.affordance import VIEWS, observation
@@ -253,24 +167,6 @@ class SayCanPlannerNode(Node):
                                    f"the value function needs the cameras")
             frames[view] = image_array(latest[1])[:, :, :3]
         return observation(frames)
-
-    # ----------------------------------------------------------------- executors
-    def execute(self, skill: Skill) -> tuple[bool, str]:
-        success, message = self.execute_skill(skill)
-        if self.estopped.is_set():
-            raise EmergencyStop(f"emergency stop during '{skill.text}': task stopped")
-        return success, message
-
-    def execute_skill(self, skill: Skill) -> tuple[bool, str]:
-        if skill.executor == "navigate":
-            return self.navigate(skill.args["station"])
-        if skill.executor not in SKILL_REQUEST_EXECUTORS:
-            return False, f"no executor for '{skill.executor}' skills"
-        return run_skill_request(self, self.skill_pub, self.skill_results, skill.executor, skill.text, skill.args,
-                                 self.skill_timeout_s)
-
-    def navigate(self, station: str) -> tuple[bool, str]:
-        return drive_to_station(self, self.goto_pub, self.base_status, station, self.navigation_timeout_s)
 
     def close(self):
         self.tasks.close()

@@ -121,12 +121,11 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
                            first_seed: int, log_path: Path, progress: bool = True) -> dict:
     """The episodes through the launched sim stack (see the module's doc); node logs to log_path."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from std_msgs.msg import Int32, String
+    from std_msgs.msg import Int32
     from tqdm import tqdm
 
-    from ros_vla import protocol
     from ros_vla.launcher import LaunchRunner, parse_launch_file
-    from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, Replies, run_skill_request
+    from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
     from ros_vla.paths import launch_file
     from ros_vla.rt1.demos import draw_goal
     from ros_vla.tools.stack_client import StackClient
@@ -140,10 +139,6 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
     client = StackClient("ros_vla_rt1_eval")
     try:
         reset_pub = client.node.create_publisher(Int32, "/sim/reset", COMMAND_QOS)
-        request_pub = client.node.create_publisher(String, "/skill/request", COMMAND_QOS)
-        skill_results = Replies()
-        client.node.create_subscription(
-            String, "/skill/result", lambda m: skill_results.put(protocol.decode("skill_result", m.data)), STATUS_QOS)
         client.watch_camera("camera")
 
         def node_died() -> bool:
@@ -174,8 +169,7 @@ def evaluate_through_stack(model_dir: str | Path, scene: SceneConfig, tasks: lis
                     time.sleep(1.0)  # the objects settle on the table
                     goal = draw_goal(task, seed, scene.objects)
                     started = time.monotonic()
-                    finished, message = run_skill_request(client.node, request_pub, skill_results, "rt1",
-                                                          goal.instruction, {}, max_duration_s + 15.0)
+                    finished, message = client.run_skill("rt1", goal.instruction, {}, max_duration_s + 15.0)
                     time.sleep(0.5)  # the world settles before it is judged
                     truth = client.ground_truth()
                     success, detail = goal.judge(truth, scene) if truth else (False, "no ground truth")

@@ -1,7 +1,9 @@
 """A ROS 2 client of the running stack, for the command line, the demo, benchmarks and tests.
 
 It is an ordinary rclpy node in its own process: it sees exactly what any external ROS 2
-tool would see over DDS.
+tool would see over DDS, and it talks to the stack only through ros_vla_interfaces and
+standard messages: task/status (TaskStatus), the run_task, skill/<executor> actions and the
+cliport/affordance and attribute/check services, /instruction (String) as a person would.
 """
 
 from __future__ import annotations
@@ -13,17 +15,30 @@ from collections.abc import Callable
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from ros_vla_interfaces.action import ExecuteSkill, RunTask
+from ros_vla_interfaces.msg import TaskStatus
+from ros_vla_interfaces.srv import AffordanceQuery, AttributeQuery
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from ros_vla import protocol
+from ros_vla.nodes.actions import ActionCaller, ActionOutcome, call_service
 from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
 from ros_vla.paths import use_project_dds_profile
 from ros_vla.perception.ros_messages import image_array
 
 CAMERA_TOPIC = "/{namespace}/camera/color/image_raw"
+
+
+def status_dict(msg: TaskStatus) -> dict:
+    """A TaskStatus as a plain dict (for printing, JSON reports and tests)."""
+    return {"id": msg.id, "instruction": msg.instruction, "state": msg.state, "message": msg.message,
+            "plan": list(msg.plan), "step": msg.step, "explanation": msg.explanation,
+            "scores": [{"skill": s.skill, "llm": round(s.llm, 4), "affordance": round(s.affordance, 4),
+                        "combined": round(s.combined, 4)} for s in msg.scores]}
 
 
 class StackClient:
@@ -43,8 +58,12 @@ class StackClient:
         self._truth: String | None = None
         self._images: dict[str, Image] = {}
         self.instruction_pub = self.node.create_publisher(String, "/instruction", COMMAND_QOS)
-        self.node.create_subscription(String, "/task/status", self._on_status, STATUS_QOS)
+        self.node.create_subscription(TaskStatus, "/task/status", self._on_status, STATUS_QOS)
         self.node.create_subscription(String, "/sim/ground_truth/objects", self._on_truth, COMMAND_QOS)
+        self.task_action = ActionCaller(self.node, RunTask, "/run_task", "run_task")
+        self._skill_actions: dict[str, ActionCaller] = {}
+        self.affordance_client = self.node.create_client(AffordanceQuery, "/cliport/affordance")
+        self.attribute_client = self.node.create_client(AttributeQuery, "/attribute/check")
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -57,13 +76,9 @@ class StackClient:
             if not self._closing:
                 raise  # a real failure; during close() the node's handles vanish under the spin
 
-    def _on_status(self, msg: String):
-        try:
-            status = protocol.decode("task_status", msg.data)
-        except protocol.ProtocolError:
-            return
+    def _on_status(self, msg: TaskStatus):
         with self._lock:
-            self._statuses.append(status)
+            self._statuses.append(status_dict(msg))
 
     def _on_truth(self, msg: String):
         with self._lock:
@@ -170,6 +185,36 @@ class StackClient:
                     return status
             time.sleep(0.05)
         return None
+
+    def run_task(self, text: str, timeout_s: float = 180.0, on_status: Callable[[dict], None] | None = None,
+                 cancel: threading.Event | None = None) -> ActionOutcome:
+        """The instruction as a run_task goal: its feedback to `on_status` (a status dict), the
+        goal canceled once `cancel` is set; the outcome's result is a RunTask.Result."""
+        return self.task_action.call(RunTask.Goal(instruction=text), timeout_s, cancel=cancel,
+                                     feedback=(lambda f: on_status(status_dict(f.status))) if on_status else None)
+
+    def run_skill(self, executor: str, text: str, args: dict, timeout_s: float,
+                  cancel: threading.Event | None = None) -> tuple[bool, str]:
+        """One skill on the skill/<executor> action: (success, message)."""
+        if executor not in self._skill_actions:
+            self._skill_actions[executor] = ActionCaller(self.node, ExecuteSkill, f"/skill/{executor}",
+                                                         f"'{executor}' skill")
+        goal = ExecuteSkill.Goal(skill=executor, text=text, args=[KeyValue(key=k, value=str(v))
+                                                                   for k, v in args.items()])
+        outcome = self._skill_actions[executor].call(goal, timeout_s, cancel=cancel)
+        if outcome.result is None:
+            return False, outcome.message
+        return outcome.result.success, outcome.result.message
+
+    def affordances(self, texts: list[str], timeout_s: float = 10.0) -> AffordanceQuery.Response | None:
+        """CLIPort's p(success) per skill text, in one cliport/affordance call."""
+        self.affordance_client.wait_for_service(timeout_sec=timeout_s)
+        return call_service(self.affordance_client, AffordanceQuery.Request(texts=texts), timeout_s)
+
+    def ask_attribute(self, question: str, timeout_s: float = 20.0) -> AttributeQuery.Response | None:
+        """MIAVLM's answer to a yes/no question about an object, from attribute/check."""
+        self.attribute_client.wait_for_service(timeout_sec=timeout_s)
+        return call_service(self.attribute_client, AttributeQuery.Request(question=question), timeout_s)
 
     def close(self):
         # Stop spinning before tearing down, or the spin thread races the node's destruction.
