@@ -7,7 +7,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo
 
 from ros_vla import protocol
-from ros_vla.nodes.common import FrameFilter, Replies
+from ros_vla.nodes.common import FrameFilter
 from ros_vla.perception.ros_messages import camera_info_msg, camera_info_problem, image_msg, image_problem, time_msg
 
 
@@ -74,11 +74,3 @@ def test_frame_filter_keeps_the_last_good_frame():
     keep(good)
     keep(bad)
     assert kept == [good] and keep.rejected == 1 and "encoding" in keep.last_problem
-
-
-def test_replies_drop_the_oldest_when_nobody_waits():
-    replies = Replies(max_pending=3)
-    for index in range(10):
-        replies.put({"id": str(index)})
-    assert replies.wait(lambda r: r["id"] == "9", 1.0) == {"id": "9"}
-    assert replies.wait(lambda r: r["id"] == "0", 0.3) is None

@@ -170,51 +170,6 @@ class QueueWorker:
         self._thread.join(timeout=2.0)
 
 
-class Replies:
-    """JSON replies arriving on a topic, for a worker waiting on the one for its request.
-
-    Bounded: a flood of replies nobody waits for drops the oldest, not the memory."""
-
-    def __init__(self, max_pending: int = 100):
-        self._queue: queue.Queue[dict] = queue.Queue(maxsize=max_pending)
-
-    def put(self, reply: dict):
-        while True:
-            try:
-                self._queue.put_nowait(reply)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-
-    def put_decoded(self, kind: str, text: str) -> None:
-        """Keep a reply if it is a valid `kind` payload (protocol.decode); drop it if not."""
-        try:
-            self.put(protocol.decode(kind, text))
-        except protocol.ProtocolError:
-            pass
-
-    def clear(self):
-        """Forget replies to earlier requests; call before sending a new one."""
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
-    def wait(self, matches: Callable[[dict], bool], timeout_s: float,
-             give_up: Callable[[], bool] = lambda: False) -> dict | None:
-        """The first reply that `matches`; None after `timeout_s` or once `give_up()`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not give_up():
-            try:
-                reply = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if matches(reply):
-                return reply
-        return None
-
-
 def when_heard(node: Node, publisher, action: Callable[[], None], timeout_s: float = 10.0):
     """Call `action` once `publisher` has a subscriber, or after `timeout_s`. A message a
     node publishes as it starts (a respawn's "ready", a journal's report) is lost on a
@@ -274,37 +229,6 @@ class TaskJournal:
             pass
         except OSError as err:
             self._node.get_logger().warn(f"cannot clear the task journal {self.path}: {err}")
-
-
-class ListenerWatch:
-    """Whether a node that listened on a request topic when the request went out has died
-    since, so its reply will never come: it left the graph, or a node of the same name
-    joined again (respawned; after a SIGKILL, DDS keeps the dead endpoint listed until its
-    lease runs out).
-
-    Made just before a request is sent: when nobody listens yet (a node respawning), it
-    first waits up to `wait_s` for one, so the request is not sent into the void."""
-
-    def __init__(self, node: Node, publisher, wait_s: float = 30.0):
-        self._node = node
-        self._topic = publisher.topic_name
-        deadline = time.monotonic() + wait_s
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._listeners = self._endpoints()
-
-    def _endpoints(self) -> dict[bytes, tuple[str, str]]:
-        return {bytes(info.endpoint_gid): (info.node_namespace, info.node_name)
-                for info in self._node.get_subscriptions_info_by_topic(self._topic)}
-
-    def left(self) -> bool:
-        # By node name: a node killed earlier may still be listed beside its respawned self
-        # until its lease runs out, and that stale entry vanishing is no news.
-        now = self._endpoints()
-        names_before = set(self._listeners.values())
-        gone = names_before - set(now.values())
-        rejoined = {name for gid, name in now.items() if gid not in self._listeners} & names_before
-        return bool(gone or rejoined)
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""Generated bad inputs for every topic the stack listens to, for `ros-vla bench fuzz`.
+"""Generated bad inputs for every topic, action and service the stack serves, for `ros-vla bench fuzz`.
 
 Each `Family` makes messages for one topic from a seeded numpy Generator: malformed,
 out of range, adversarial or merely odd (huge, empty, unicode, NaN/inf, wrong sizes and
 encodings, wrong names and frames, stale / future / out-of-order / repeated stamps), with
 now and then a well-formed one, so that the checks behind a valid-looking message are
 exercised too. Strings that a Python publisher cannot encode (invalid UTF-8) go out as
-raw CDR bytes.
+raw CDR bytes. Goals for the stack's actions (ros_vla_interfaces) are sent without waiting,
+and half of them are canceled at once; service requests are sent without waiting.
 
 /estop is not fuzzed (a stop or a release would only mask what else happens), nor is the
 simulation's /clock (a spoofed clock is another time, not a bad message; on the robot no
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import KeyValue
 from geometry_msgs.msg import PoseStamped, TransformStamped, TwistStamped
 from nav_msgs.msg import Odometry
+from ros_vla_interfaces.action import ExecuteSkill, GoToStation, PickPlace, RunTask
+from ros_vla_interfaces.srv import AffordanceQuery, AttributeQuery
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64, Int32, String
@@ -61,11 +65,12 @@ class FuzzContext:
 @dataclass
 class Family:
     name: str
-    topic: str
-    msg_type: type
+    topic: str  # or the action's / service's name
+    msg_type: type  # the message, action or service type
     qos: object
-    make: Callable[[np.random.Generator, FuzzContext], object]  # a message, or CDR bytes
+    make: Callable[[np.random.Generator, FuzzContext], object]  # a message (goal, request), or CDR bytes
     weight: float = 1.0
+    interface: str = "topic"  # "topic", "action" or "service"
 
 
 # ----------------------------------------------------------------- primitives
@@ -388,6 +393,27 @@ def skill_request(rng) -> dict:
             "text": odd_text(rng, 2000), "args": {"pick": "red_block", "place": "green_bowl"}}
 
 
+def run_task_goal(rng, ctx: FuzzContext) -> RunTask.Goal:
+    return RunTask.Goal(instruction=str(rng.choice(VALID_TEXTS)) if rng.random() < 0.2 else odd_text(rng, 2000))
+
+
+def execute_skill_goal(rng, ctx: FuzzContext) -> ExecuteSkill.Goal:
+    args = [KeyValue(key=odd_text(rng, 50), value=odd_text(rng, 50)) for _ in range(int(rng.integers(0, 4)))]
+    if rng.random() < 0.3:
+        args = [KeyValue(key="pick", value="red_block"), KeyValue(key="place", value="green_bowl")]
+    return ExecuteSkill.Goal(skill=str(rng.choice(["pick_place", "rt1", "", "navigate"])), text=odd_text(rng, 2000),
+                             args=args)
+
+
+def pick_place_goal(rng, ctx: FuzzContext) -> PickPlace.Goal:
+    goal = PickPlace.Goal(frame_id=str(rng.choice(["fr3_link0", "", "map", "odom", odd_text(rng, 50)])))
+    for point in (goal.pick_position, goal.place_position):
+        point.x, point.y, point.z = ((0.5, 0.1 * rng.standard_normal(), 0.03) if rng.random() < 0.3
+                                     else (odd_float(rng), odd_float(rng), odd_float(rng)))
+    goal.pick_yaw, goal.place_yaw = odd_float(rng), float(rng.uniform(-4, 4))
+    return goal
+
+
 def ground_truth(rng) -> dict:
     return {"stamp": 1.0, "seed": int(rng.integers(-5, 5)), "frame": "map", "base_pose": [0.0, 0.0, 0.0],
             "objects": [{"name": "red_block", "kind": "block", "color": "red", "position": [0.5, 0.0, 0.8],
@@ -436,6 +462,19 @@ def stack_families(views: list[str], stations: list[str]) -> list[Family]:
                lambda rng, ctx: twist(rng, ctx, "safety/cmd_vel"), weight=2.0),
         Family("base/goto", "/base/goto", String, COMMAND_QOS,
                lambda rng, ctx: String(data=str(rng.choice(stations)) if rng.random() < 0.2 else odd_text(rng, 1000))),
+        Family("run_task", "/run_task", RunTask, None, run_task_goal, interface="action"),
+        Family("skill/pick_place", "/skill/pick_place", ExecuteSkill, None, execute_skill_goal, interface="action"),
+        Family("arm/pick_and_place", "/arm/pick_and_place", PickPlace, None, pick_place_goal, weight=1.5,
+               interface="action"),
+        Family("base/go_to_station", "/base/go_to_station", GoToStation, None,
+               lambda rng, ctx: GoToStation.Goal(station=str(rng.choice(stations)) if rng.random() < 0.2
+                                                 else odd_text(rng, 1000)), interface="action"),
+        Family("cliport/affordance", "/cliport/affordance", AffordanceQuery, None,
+               lambda rng, ctx: AffordanceQuery.Request(texts=[odd_text(rng, 300)
+                                                               for _ in range(int(rng.integers(0, 100)))]),
+               interface="service"),
+        Family("attribute/check", "/attribute/check", AttributeQuery, None,
+               lambda rng, ctx: AttributeQuery.Request(question=odd_text(rng, 2000)), interface="service"),
         Family("joint_states", "/joint_states", JointState, SENSOR_QOS, joint_state),
         Family("odom", "/odom", Odometry, SENSOR_QOS, odometry),
         Family("sim/reset", "/sim/reset", Int32, COMMAND_QOS,
@@ -474,6 +513,7 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
     import time
 
     import rclpy
+    from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from tqdm import tqdm
 
@@ -483,8 +523,24 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
     rclpy.init()
     node = rclpy.create_node("ros_vla_fuzzer")
     families = stack_families(views, stations) if phase == "stack" else controller_families()
-    publishers = {family.name: node.create_publisher(family.msg_type, family.topic, family.qos)
-                  for family in families}
+    rng = np.random.default_rng(seed)
+
+    def endpoint(family: Family) -> Callable[[object], None]:
+        """How one input of the family goes out."""
+        if family.interface == "action":
+            client = ActionClient(node, family.msg_type, family.topic)
+
+            def send_goal(goal):
+                sent = client.send_goal_async(goal)
+                if rng.random() < 0.5:  # canceled as soon as it is accepted
+                    sent.add_done_callback(lambda f: f.result().accepted and f.result().cancel_goal_async())
+
+            return send_goal
+        if family.interface == "service":
+            return node.create_client(family.msg_type, family.topic).call_async
+        return node.create_publisher(family.msg_type, family.topic, family.qos).publish
+
+    senders = {family.name: endpoint(family) for family in families}
     ctx = FuzzContext()
 
     def on_joint_state(msg: JointState):
@@ -500,7 +556,6 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
     spinner.start()
 
     weights = np.array([family.weight for family in families], float)
-    rng = np.random.default_rng(seed)
     sent = {family.name: 0 for family in families}
     unsendable = {}
     time.sleep(1.0)  # discovery: the stack's subscriptions match these publishers
@@ -509,7 +564,7 @@ def run_fuzzer(phase: str, inputs: int, seed: int, rate_hz: float, views: list[s
         for index in range(inputs):
             family = families[rng.choice(len(families), p=weights / weights.sum())]
             try:
-                publishers[family.name].publish(family.make(rng, ctx))
+                senders[family.name](family.make(rng, ctx))
                 sent[family.name] += 1
             except Exception as error:  # a message rclpy itself cannot serialise: a generator bug
                 unsendable[family.name] = f"{type(error).__name__}: {error}"[:200]
