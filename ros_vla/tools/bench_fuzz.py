@@ -322,7 +322,8 @@ def fuzz_passed(result: dict) -> bool:
 
 def print_result(result: dict) -> None:
     print(f"inputs sent: {result['stack_inputs_sent']} on {len(result['stack_inputs_by_family'])} topics, actions "
-          f"and services in {result['stack_phase_s']} s; node crashes: {result['node_crashes']}; commands at the controllers: "
+          f"and services in {result['stack_phase_s']} s; node crashes: {result['node_crashes']}; "
+          f"commands at the controllers: "
           f"{sum(result['controller_messages'].values())}, outside limits: {result['out_of_limit_commands']}, "
           f"from anyone but the gate: {result['bypass_messages']}; gate refusals: {result['gate_refusals']}")
     print(f"controller topics fuzzed directly: {result['controller_inputs_sent']} inputs, sim_bridge crashes: "
