@@ -125,8 +125,8 @@ METHOD_COMMANDS = {
     ("bench", "faults"): "ros_vla.tools.bench_faults:main",
     ("bench", "soak"): "ros_vla.tools.bench_soak:main",
     ("train", "saycan-lm"): "ros_vla.saycan.train_lm:main",
-    ("train", "saycan-value"): "ros_vla.saycan.affordance:train_main",
-    ("demos", "saycan-value"): "ros_vla.saycan.affordance:data_main",
+    ("train", "saycan-value"): "ros_vla.saycan.train_value:main",
+    ("demos", "saycan-value"): "ros_vla.saycan.value_data:main",
 }
 
 

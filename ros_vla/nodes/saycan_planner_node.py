@@ -99,7 +99,7 @@ class SayCanPlannerNode(Node):
             lm = load_language_model(p["language_model"] or str(package_share() / "models" / "saycan_lm"),
                                      batch_size=p["lm_batch_size"])
             if vf_dir != "none":
-                from ros_vla.saycan.affordance import ValueFunction
+                from ros_vla.saycan.value_model import ValueFunction
 
                 self.value_function = ValueFunction(vf_dir)
         except (OSError, ValueError) as err:  # a missing or broken model directory: say so on every task
@@ -157,7 +157,7 @@ class SayCanPlannerNode(Node):
         return np.clip(np.asarray(response.values, float), 0.0, 1.0)
 
     def observation(self) -> np.ndarray:
-        from ros_vla.saycan.affordance import VIEWS, observation
+        from ros_vla.saycan.value_model import VIEWS, observation
 
         frames = {}
         for view in VIEWS:

@@ -53,7 +53,7 @@ def run_bench(lm_dir: str, value_dir: str, openai: str, repeats: int, threads: i
         backends[f"openai {model}"] = OpenAICompatibleLM(url, model)
     value_function = None
     if value_dir:
-        from ros_vla.saycan.affordance import IMAGE_SIZE, VIEWS, ValueFunction
+        from ros_vla.saycan.value_model import IMAGE_SIZE, VIEWS, ValueFunction
 
         value_function = ValueFunction(value_dir)
         observation = np.zeros((len(VIEWS), IMAGE_SIZE[1], IMAGE_SIZE[0], 3), np.uint8)

@@ -242,8 +242,8 @@ def run_suite(items: list[dict], lm, value_function, library: SkillLibrary, scen
     import torch
 
     from ros_vla.robot.motion import MotionConfig
-    from ros_vla.saycan.affordance import RenderedValueAffordance
     from ros_vla.saycan.sim_skills import execute_skill
+    from ros_vla.saycan.value_model import RenderedValueAffordance
     from ros_vla.sim.world import SimWorld
 
     torch.set_num_threads(1)
@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the tables as one JSON object last")
     args = parser.parse_args(argv)
 
-    from ros_vla.saycan.affordance import ValueFunction
     from ros_vla.saycan.llm import load_language_model
+    from ros_vla.saycan.value_model import ValueFunction
     from ros_vla.sim.scene import load_scene
 
     scene = load_scene(config_file("scene_tabletop.yaml"))
