@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ros_vla.sim.goals import object_entry, object_in_container, pose_in_frame
+from ros_vla.sim.goals import block_at_pose, object_in_container, pose_in_frame
 from ros_vla.sim.scene import ObjectSpec, SceneConfig
 
 SEEN_COLORS = ("red", "green", "blue", "yellow", "purple", "brown")
@@ -181,28 +181,12 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def _yaw_error(yaw: float, target: float) -> float:
-    """Difference modulo the block's 90-degree symmetry, in [0, pi/4]."""
-    return abs((yaw - target + math.pi / 4) % (math.pi / 2) - math.pi / 4)
-
-
 def goal_met(goal: Goal, truth: dict, scene: SceneConfig) -> tuple[bool, str]:
     """Checked on ground truth (evaluation and the demonstrator only)."""
     if goal.container:
         return object_in_container(truth, goal.pick, goal.container, scene.spawn.bowl_radius,
                                    scene.spawn.bowl_height)
-    item = object_entry(truth, goal.pick)
-    if item["held"]:
-        return False, f"{goal.pick} is still in the gripper"
-    error = np.asarray(item["position"]) - np.asarray(goal.xyz)
-    x, y, z, w = item["orientation_xyzw"]
-    yaw = float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-    tilt = 1 - 2 * (x * x + y * y)  # cosine of the block's tilt from upright
-    if np.linalg.norm(error) > POSITION_TOLERANCE_M:
-        return False, f"{goal.pick} is {np.linalg.norm(error) * 100:.1f} cm from its target"
-    if _yaw_error(yaw, goal.yaw) > ROTATION_TOLERANCE_RAD or tilt < math.cos(ROTATION_TOLERANCE_RAD):
-        return False, f"{goal.pick} is placed but turned more than 15 degrees"
-    return True, f"{goal.pick} is at its target ({np.linalg.norm(error) * 1000:.0f} mm)"
+    return block_at_pose(truth, goal.pick, goal.xyz, goal.yaw, POSITION_TOLERANCE_M, ROTATION_TOLERANCE_RAD)
 
 
 def reward(goals: list[Goal], truth: dict, scene: SceneConfig) -> float:

@@ -58,7 +58,7 @@ from ros_vla.rt1.config import MODES, ROBOT_ACTION_DIMENSIONS, START_JOINT_POSIT
 from ros_vla.rt1.control import command_from_action
 from ros_vla.rt1.data import rescaled_pixels, square_rgb
 from ros_vla.rt1.tokenizer import ActionTokenizer
-from ros_vla.sim.goals import object_entry, pose_in_frame
+from ros_vla.sim.goals import block_at_bowl_rim, block_lifted, pose_in_frame
 from ros_vla.sim.oracle import world_truth
 from ros_vla.sim.scene import CameraSpec, ObjectSpec, SceneConfig
 from ros_vla.sim.world import SimWorld
@@ -215,7 +215,7 @@ class PickOracle(_Oracle):
         return action
 
     def success(self) -> tuple[bool, str]:
-        return pick_success(world_truth(self.world), self.world.scene, self.block)
+        return block_lifted(world_truth(self.world), self.world.scene, self.block)
 
 
 class PushOracle(_Oracle):
@@ -276,7 +276,8 @@ class PushOracle(_Oracle):
         return action
 
     def success(self) -> tuple[bool, str]:
-        return push_success(world_truth(self.world), self.world.scene, self.block, self.bowl, self.cfg)
+        return block_at_bowl_rim(world_truth(self.world), self.world.scene, self.block, self.bowl,
+                                 self.cfg.push_success_gap_m)
 
 
 @dataclasses.dataclass
@@ -297,28 +298,6 @@ class Episode:
         return f"{self.task}_{self.seed:06d}.npz"
 
 
-def pick_success(truth: dict, scene: SceneConfig, block: str) -> tuple[bool, str]:
-    """Judged on ground truth (/sim/ground_truth/objects format): the block held, its centre
-    >= 5 cm above the table."""
-    entry = object_entry(truth, block)
-    height = entry["position"][2] - scene.work_table.top_z
-    held = "held" if entry["held"] else "not held"
-    return bool(entry["held"] and height >= 0.05), f"{block} {held}, centre {height * 100:.1f} cm above the table"
-
-
-def push_success(truth: dict, scene: SceneConfig, block: str, bowl: str, cfg: DemoConfig) -> tuple[bool, str]:
-    """Judged on ground truth: the block on the table, not held, at the bowl's rim (centres
-    at most bowl radius + half a block + push_success_gap_m apart)."""
-    spawn = scene.spawn
-    success_distance = spawn.bowl_radius + spawn.block_size / 2 + cfg.push_success_gap_m
-    block_entry, bowl_entry = object_entry(truth, block), object_entry(truth, bowl)
-    distance = float(np.linalg.norm(np.subtract(block_entry["position"][:2], bowl_entry["position"][:2])))
-    on_table = block_entry["position"][2] - scene.work_table.top_z < spawn.block_size
-    ok = bool(distance <= success_distance and on_table and not block_entry["held"])
-    return ok, (f"{block} centre {distance * 100:.1f} cm from {bowl}'s (success within "
-                f"{success_distance * 100:.1f} cm){'' if on_table else ', off the table'}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Goal:
     """What an episode asks for: the block (and for push the bowl) and the instruction."""
@@ -330,8 +309,8 @@ class Goal:
 
     def judge(self, truth: dict, scene: SceneConfig, cfg: DemoConfig = DemoConfig()) -> tuple[bool, str]:
         if self.task == "pick":
-            return pick_success(truth, scene, self.block)
-        return push_success(truth, scene, self.block, self.bowl, cfg)
+            return block_lifted(truth, scene, self.block)
+        return block_at_bowl_rim(truth, scene, self.block, self.bowl, cfg.push_success_gap_m)
 
 
 def with_distractors(scene: SceneConfig, count: int) -> SceneConfig:

@@ -43,7 +43,7 @@ from ros_vla.paths import config_file, package_share
 from ros_vla.saycan.config import PlannerConfig, Skill, SkillLibrary, load_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
 from ros_vla.saycan.planner import Outcome, SayCanPlanner
-from ros_vla.sim.goals import object_entry, object_in_container
+from ros_vla.sim.goals import object_entry, object_in_container, object_on_object, object_on_surface
 from ros_vla.sim.oracle import world_truth
 
 FAMILY_ORDER = ("single_primitive", "nouns", "verbs", "structured_language", "embodiment", "crowd_sourced",
@@ -82,8 +82,6 @@ def nearest_station(scene, base_pose) -> str:
 
 
 def truth_holds(condition: dict, truth: dict, start: dict, scene, outcome: Outcome) -> bool:
-    from ros_vla.saycan.sim_skills import object_on_object, object_on_surface
-
     (name, value), = condition.items()
     spawn = scene.spawn
 
@@ -122,8 +120,6 @@ class SymbolicState:
     """Where each object is, what is held and where the base is, as the skills say."""
 
     def __init__(self, truth: dict, scene):
-        from ros_vla.saycan.sim_skills import object_on_object
-
         spawn = scene.spawn
         self.scene = scene
         self.robot = nearest_station(scene, truth["base_pose"])

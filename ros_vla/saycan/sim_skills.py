@@ -18,7 +18,7 @@ from ros_vla.robot.motion import (
     Step,
     pick_place_steps,
 )
-from ros_vla.sim.goals import object_entry, object_in_container
+from ros_vla.sim.goals import object_entry, object_in_container, object_on_object, object_on_surface
 from ros_vla.sim.oracle import pick_place_targets, run_steps, world_truth
 from ros_vla.sim.world import SimWorld
 
@@ -106,32 +106,6 @@ def navigate(world: SimWorld, station: str) -> tuple[bool, str]:
         world.step(4)
     world.set_base_velocity(0.0, 0.0, 0.0)
     return False, f"not at the {station} after {NAVIGATION_TIMEOUT_S:.0f} s"
-
-
-def object_on_object(truth: dict, top: str, bottom: str, block_size: float) -> tuple[bool, str]:
-    """True when `top` rests on `bottom`: centred within half a block, one block higher, not held."""
-    upper, lower = object_entry(truth, top), object_entry(truth, bottom)
-    offset = np.asarray(upper["position"]) - np.asarray(lower["position"])
-    horizontal = float(np.linalg.norm(offset[:2]))
-    if upper["held"]:
-        return False, f"{top} is still in the gripper"
-    if horizontal > block_size / 2 or not 0.5 * block_size <= offset[2] <= 1.5 * block_size:
-        return False, f"{top} is not on {bottom} (offset {np.round(offset * 100, 1).tolist()} cm)"
-    return True, f"{top} is on {bottom}"
-
-
-def object_on_surface(truth: dict, name: str, scene) -> tuple[bool, str]:
-    """(True, table name) when `name` rests on a table top (not held, not on another object)."""
-    obj = object_entry(truth, name)
-    if obj["held"]:
-        return False, f"{name} is still in the gripper"
-    x, y, z = obj["position"]
-    for table in scene.furniture:
-        inside = abs(x - table.center[0]) <= table.size[0] / 2 and abs(y - table.center[1]) <= table.size[1] / 2
-        # Blocks rest with their centre half a block up, bowls with their floor just above the top.
-        if inside and table.top_z - 0.005 <= z <= table.top_z + 0.75 * scene.spawn.block_size:
-            return True, f"{name} is on the {table.name}"
-    return False, f"{name} is not resting on a table (at {np.round(obj['position'], 3).tolist()})"
 
 
 def execute_skill(world: SimWorld, skill, cfg: MotionConfig) -> tuple[bool, str]:
