@@ -111,3 +111,21 @@ def test_nodes_folder_holds_only_nodes():
     helpers = {"__init__", "common", "actions", "task_runner"}
     modules = {path.stem for path in (ROOT / "ros_vla" / "nodes").glob("*.py")} - helpers
     assert modules == set(console_scripts())
+
+
+def test_only_nodes_and_tools_use_rclpy():
+    """Methods, simulation, robot and perception code run under plain pytest, training and
+    evaluation: nothing outside nodes/ and tools/ imports rclpy or a node module, not even
+    inside a function (tools may be imported lazily, e.g. rt1's --ros evaluation)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "ros_vla").rglob("*.py")):
+        if path.parent.name in ("nodes", "tools"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names
+                          if name.split(".")[0] == "rclpy" or name.startswith("ros_vla.nodes")]
+    assert not offenders, offenders
