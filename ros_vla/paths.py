@@ -42,8 +42,3 @@ def use_project_dds_profile() -> None:
     variable = "FASTRTPS_DEFAULT_PROFILES_FILE" if older else "FASTDDS_DEFAULT_PROFILES_FILE"
     if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
         os.environ[variable] = str(config_file("fastdds.xml"))
-
-
-def model_dir(name: str) -> Path:
-    """A shipped model folder under models/ (e.g. cliport_small)."""
-    return package_share() / "models" / name

@@ -11,7 +11,8 @@ from ros_vla.cliport.config import WORKSPACE, CLIPortConfig
 from ros_vla.cliport.data import make_sample, record_episode, rotation_bin, se2_augment, world_heightmap
 from ros_vla.cliport.model import CLIPort, cross_correlate, cross_correlate_direct
 from ros_vla.cliport.tasks import TASKS, Goal, goal_met, oracle_targets
-from ros_vla.paths import config_file, model_dir
+from ros_vla.models import shipped
+from ros_vla.paths import config_file
 from ros_vla.perception.heightmap import HeightmapSpec, RgbdView, fuse_heightmap
 from ros_vla.sim.goals import pose_in_frame
 from ros_vla.sim.oracle import world_truth
@@ -265,7 +266,7 @@ def test_sample_from_a_recorded_step_is_network_ready():
 
 # ----------------------------------------------------------------- the shipped model
 
-SHIPPED = model_dir("cliport_small")
+SHIPPED = shipped("cliport_small")
 
 
 @pytest.mark.skipif(not (SHIPPED / "cliport.pt").exists(), reason="no shipped CLIPort weights")

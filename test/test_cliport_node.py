@@ -21,15 +21,16 @@ from ros_vla_interfaces.srv import AffordanceQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from ros_vla.models import shipped
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, STATUS_QOS
-from ros_vla.paths import config_file, model_dir, use_project_dds_profile
+from ros_vla.paths import config_file, use_project_dds_profile
 from ros_vla.perception import ros_messages as rm
 from ros_vla.sim.goals import pose_in_frame
 from ros_vla.sim.oracle import world_truth
 from ros_vla.sim.scene import load_scene
 from ros_vla.sim.world import SimWorld
 
-pytestmark = pytest.mark.skipif(not (model_dir("cliport_small") / "cliport.pt").exists(),
+pytestmark = pytest.mark.skipif(not (shipped("cliport_small") / "cliport.pt").exists(),
                                 reason="no shipped CLIPort weights")
 SCENE = load_scene(config_file("scene_tabletop.yaml"))
 CAMERA_HZ = 5.0

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from ros_vla.miavlm.checker import AttributeChecker, question_problem
-from ros_vla.miavlm.config import ATTRIBUTES, COLORS, KINDS, SIZES, BenchmarkConfig, MIAVLMConfig, shipped_weights
+from ros_vla.miavlm.config import ATTRIBUTES, COLORS, KINDS, SIZES, WEIGHTS_FILE, BenchmarkConfig, MIAVLMConfig
 from ros_vla.miavlm.data import SceneRenderer, is_test_scene, make_questions
 from ros_vla.miavlm.model import MIAVLM, load_checkpoint, tile_views, view_input
+from ros_vla.models import shipped
 
 BENCHMARK = BenchmarkConfig()
 TEST_SCENES = [i for i in range(200) if is_test_scene(i, BENCHMARK)][:12]
@@ -45,8 +46,8 @@ def scenes(encoder):  # the encoder is loaded first: see gl_renderer._load_trito
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_checkpoint(shipped_weights())
+def shipped_model():
+    return load_checkpoint(shipped("miavlm") / WEIGHTS_FILE)
 
 
 def untrained_model() -> MIAVLM:
@@ -59,7 +60,7 @@ def untrained_model() -> MIAVLM:
 @pytest.mark.parametrize("trained", [False, True], ids=["untrained", "shipped"])
 @pytest.mark.parametrize("count", range(1, 10))
 def test_answer_is_the_same_for_every_order_of_the_views(trained, count, scenes, encoder, request):
-    model = request.getfixturevalue("shipped")[0] if trained else untrained_model()
+    model = request.getfixturevalue("shipped_model")[0] if trained else untrained_model()
     scene = scenes[TEST_SCENES[0]]
     views = torch.from_numpy(scene.images[:count])[None]
     questions = torch.from_numpy(encoder.embed([text for text, _, _ in scene.questions]))[None]
@@ -74,8 +75,8 @@ def test_answer_is_the_same_for_every_order_of_the_views(trained, count, scenes,
             torch.testing.assert_close(permuted_weights, weights[:, order], rtol=0, atol=1e-6)
 
 
-def test_every_permutation_of_four_views_gives_the_same_answer(scenes, shipped, encoder):
-    model = shipped[0]
+def test_every_permutation_of_four_views_gives_the_same_answer(scenes, shipped_model, encoder):
+    model = shipped_model[0]
     scene = scenes[TEST_SCENES[1]]
     views = torch.from_numpy(scene.images[:4])[None]
     questions = torch.from_numpy(encoder.embed([text for text, _, _ in scene.questions]))[None]
@@ -155,17 +156,17 @@ def test_questions_are_balanced_and_negatives_flip_one_attribute():
 
 # ----------------------------------------------------------------- shipped weights and the checker
 
-def test_shipped_weights_are_small_and_load(shipped):
-    assert shipped_weights().stat().st_size < 5 * 1024 * 1024
-    model, meta = shipped
+def test_shipped_weights_are_small_and_load(shipped_model):
+    assert (shipped("miavlm") / WEIGHTS_FILE).stat().st_size < 5 * 1024 * 1024
+    model, meta = shipped_model
     assert meta["variant"] == "multiview" and meta["training"]["negatives"] is True
     assert meta["benchmark"] == BENCHMARK
 
 
-def test_shipped_model_answers_held_out_scenes(scenes, shipped, encoder):
+def test_shipped_model_answers_held_out_scenes(scenes, shipped_model, encoder):
     """A small sample of what the model card reports (8 views: HoOA 0.986; colour 0.998,
     shape 0.962, size 0.998)."""
-    model, _ = shipped
+    model, _ = shipped_model
     correct, answers, attributes = [], [], []
     for scene in scenes.values():
         texts = [text for text, _, _ in scene.questions]
@@ -184,7 +185,7 @@ def test_shipped_model_answers_held_out_scenes(scenes, shipped, encoder):
 
 def test_checker_answers_from_views_in_any_order(scenes, encoder):
     """Size and colour questions, views in any order (see models/miavlm/README.md)."""
-    checker = AttributeChecker(shipped_weights(), encoder)
+    checker = AttributeChecker(shipped("miavlm") / WEIGHTS_FILE, encoder)
     scene = scenes[TEST_SCENES[0]]
     kind, size = KINDS[scene.kind], SIZES[scene.size]
     wrong = next(s for s in SIZES if s != size)
@@ -233,7 +234,7 @@ def test_checker_on_the_tabletop_scene_through_the_wrist_camera(encoder):
 
     scene = load_scene(config_file("scene_tabletop.yaml"))
     wrist = scene.camera("wrist")
-    checker = AttributeChecker(shipped_weights(), encoder)
+    checker = AttributeChecker(shipped("miavlm") / WEIGHTS_FILE, encoder)
     world = SimWorld(scene, seed=3, renderer="gl")
     true_shape, colors = [], []
     try:

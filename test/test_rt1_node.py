@@ -32,9 +32,10 @@ from std_msgs.msg import Float64, String
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_vla.launcher import parse_launch_file
+from ros_vla.models import shipped
 from ros_vla.nodes.common import CAMERA_PUB_QOS, COMMAND_QOS, STATUS_QOS
 from ros_vla.nodes.rt1_policy_node import START_SETTLE_S
-from ros_vla.paths import package_share, use_project_dds_profile
+from ros_vla.paths import use_project_dds_profile
 from ros_vla.perception.ros_messages import image_msg, matrix_from_transform, time_seconds
 from ros_vla.robot import panda
 from ros_vla.robot.kinematics import rotation_from_rpy
@@ -140,8 +141,8 @@ def test_launched_with_rt1_true_and_every_parameter_in_its_file(launch):
     for parameter_file in node.parameter_files:
         in_file = set(yaml.safe_load(parameter_file.read_text())["rt1_policy"]["ros__parameters"])
         assert in_file == declared - {"model_dir"}
-    shipped = str(package_share() / "models" / "rt1_small")
-    assert node.parameters["model_dir"] == (shipped if launch == "sim.launch.xml" else "")
+    shipped_folder = str(shipped("rt1_small"))
+    assert node.parameters["model_dir"] == (shipped_folder if launch == "sim.launch.xml" else "")
     named = parse_launch_file(ROOT / "launch" / launch, {"rt1": "true", "rt1_model_dir": "/data/rt1_run"})
     assert next(n for n in named if n.name == "rt1_policy").parameters["model_dir"] == "/data/rt1_run"
 

@@ -251,7 +251,7 @@ def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
     block than to the other two? A policy that ignored the instruction would go to the same
     place whatever it was asked, right for at most one block per scene (5 of 15). Measured
     here: 10 of 15 (blue 5, yellow 4, red 1: red is the colour it confuses)."""
-    from ros_vla.paths import model_dir
+    from ros_vla.models import shipped
     from ros_vla.robot.kinematics import forward_kinematics
     from ros_vla.robot.motion import MotionConfig
     from ros_vla.rt1.demos import execute_action, move_to_start
@@ -261,7 +261,7 @@ def test_the_shipped_pick_policy_goes_to_the_block_it_is_told_to():
     from ros_vla.sim.world import SimWorld
     from ros_vla.text_encoder import MiniLMInstructionEncoder
 
-    folder = model_dir("rt1_small")
+    folder = shipped("rt1_small")
     config = model_config(folder)
     controller = PolicyController(RT1Policy(open_backend("onnxruntime", config, folder), config),
                                   MiniLMInstructionEncoder())

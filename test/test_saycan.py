@@ -436,11 +436,11 @@ def test_curriculum_families_and_colour_binding_examples():
 def test_shipped_tokenizer_has_one_token_per_colour_word():
     from transformers import AutoTokenizer
 
-    from ros_vla.paths import package_share
+    from ros_vla.models import shipped
     from ros_vla.saycan.corpus import palette
     from ros_vla.saycan.train_lm import colour_token_ids
 
-    tokenizer = AutoTokenizer.from_pretrained(str(package_share() / "models" / "saycan_lm"), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(shipped("saycan_lm")), local_files_only=True)
     assert len(colour_token_ids(tokenizer, palette())) == len(palette())
 
 
@@ -448,12 +448,12 @@ def test_shipped_language_model_binds_the_instructions_colours():
     """Among the scene's skills that act on objects, the shipped LM ranks the instructed block and
     bowl first. (Against done and "go to the table" it is less sure: it gives done about 0.5 for
     the stacking instructions; the affordances decide there.)"""
-    from ros_vla.paths import package_share
+    from ros_vla.models import shipped
     from ros_vla.saycan.corpus import few_shot_examples
 
     torch.set_num_threads(1)
     library = load_skill_library(config_file("saycan_skills.yaml"), SCENE)
-    lm = HFCausalLM(package_share() / "models" / "saycan_lm")
+    lm = HFCausalLM(shipped("saycan_lm"))
     objects = [name.replace("_", " ") for name in library.objects]
     cases = {"put the red block in the green bowl": "pick up the red block and place it in the green bowl",
              "put the yellow block in the purple bowl": "pick up the yellow block and place it in the purple bowl",

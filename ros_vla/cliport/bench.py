@@ -70,7 +70,7 @@ def bench_config(cfg: CLIPortConfig, repeats: int, threads: int, weights: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ros_vla.paths import model_dir
+    from ros_vla.models import shipped
 
     parser = argparse.ArgumentParser(prog="ros-vla bench cliport", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="small,rn50")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         cfg = CLIPortConfig.named(name)
-        shipped = model_dir("cliport_small") / "cliport.pt"
+        shipped = shipped("cliport_small") / "cliport.pt"
         weights = str(shipped) if name == "small" and shipped.exists() else ""
         repeats = args.repeats if name == "small" else max(3, args.repeats // 5)
         result = bench_config(cfg, repeats, args.threads, weights)

@@ -117,7 +117,8 @@ def grounding_check(agent: CLIPortAgent, base_scene: SceneConfig, episodes: int,
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from ros_vla.paths import config_file, model_dir
+    from ros_vla.models import shipped
+    from ros_vla.paths import config_file
     from ros_vla.sim.scene import load_scene
 
     parser = argparse.ArgumentParser(prog="ros-vla eval cliport", description=__doc__.split("\n\n")[0])
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be at least 1")
-    agent = load_agent(args.model or model_dir("cliport_small"), threads=args.threads)
+    agent = load_agent(args.model or shipped("cliport_small"), threads=args.threads)
     scene = load_scene(args.scene or config_file("scene_tabletop.yaml"))
     task = get_task(args.task)
     with tqdm(total=args.episodes, desc=f"eval cliport {args.task}", unit="episode") as bar:

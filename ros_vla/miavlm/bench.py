@@ -66,7 +66,8 @@ def run_bench(weights: Path, repeats: int, threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ros_vla.miavlm.config import shipped_weights
+    from ros_vla.miavlm.config import WEIGHTS_FILE
+    from ros_vla.models import shipped
 
     parser = argparse.ArgumentParser(prog="ros-vla bench miavlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
-    report = run_bench(Path(args.weights) if args.weights else shipped_weights(), args.repeats, args.threads)
+    weights = Path(args.weights) if args.weights else shipped("miavlm") / WEIGHTS_FILE
+    report = run_bench(weights, args.repeats, args.threads)
     print(f"MIAVLM on {report['threads']} CPU thread(s), {args.repeats} runs each, median (p90) in ms")
     print(f"  {'views':>5} {'forward':>16} {'whole answer':>18}")
     for count, row in report["views"].items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ros_vla.miavlm.config import COLORS, KINDS, SIZE_WORDS
+from ros_vla.miavlm.config import COLORS, KINDS, SIZE_WORDS, WEIGHTS_FILE
 from ros_vla.miavlm.model import load_checkpoint, view_input
 
 KNOWN_WORDS = frozenset([*COLORS, *KINDS, *(word for words in SIZE_WORDS.values() for word in words)])
@@ -56,6 +56,10 @@ class AttributeChecker:
     """Loads MIAVLM weights and the sentence encoder once; answers questions on any 1..9 views."""
 
     def __init__(self, weights: str | Path, encoder=None):
+        """`weights`: a model folder (its miavlm.pt) or a weights file."""
+        weights = Path(weights)
+        if weights.is_dir():
+            weights = weights / WEIGHTS_FILE
         model, meta = load_checkpoint(weights)
         if meta["variant"] != "multiview":
             raise ValueError(f"{weights} holds the '{meta['variant']}' baseline, not the multiview model")

@@ -8,14 +8,8 @@ file can record exactly what it was trained with and the evaluation rebuild it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-
-def shipped_weights() -> Path:
-    """The weights this project ships (models/miavlm/README.md is their card)."""
-    from ros_vla.paths import package_share
-
-    return package_share() / "models" / "miavlm" / "miavlm.pt"
+WEIGHTS_FILE = "miavlm.pt"  # in a model folder (ros_vla.models); shipped: models/miavlm
 
 
 def _from_dict(cls, values: dict):

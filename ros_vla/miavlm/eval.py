@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ros_vla.miavlm.config import ATTRIBUTES, BenchmarkConfig, shipped_weights
+from ros_vla.miavlm.config import ATTRIBUTES, WEIGHTS_FILE, BenchmarkConfig
 from ros_vla.miavlm.data import benchmark_arrays, is_test_scene, load_benchmark, render_scenes, select_scenes
 from ros_vla.miavlm.model import MIAVLM, answer_logits, load_checkpoint
+from ros_vla.models import shipped
 
 DEFAULT_VIEW_COUNTS = (8, 1)
 BATCH_SCENES = 50
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(1 <= count <= 9 for count in args.views):
         parser.error("--views must be between 1 and 9")
     torch.set_num_threads(1)
-    weights = [Path(w) for w in args.weights] if args.weights else [shipped_weights()]
+    weights = [Path(w) for w in args.weights] if args.weights else [shipped("miavlm") / WEIGHTS_FILE]
     for path in weights:
         if not path.is_file():
             print(f"no weights at {path}", file=sys.stderr)

@@ -15,6 +15,7 @@ question about it (training uses six per scene).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ros_vla.miavlm.config import COLORS, KINDS, SIZES, BenchmarkConfig, MIAVLMConfig
+from ros_vla.miavlm.config import COLORS, KINDS, SIZES, WEIGHTS_FILE, BenchmarkConfig, MIAVLMConfig
 
 VARIANTS = ("multiview", "tiled")
 
@@ -221,8 +222,16 @@ def view_input(rgb: np.ndarray, fx: float | None, benchmark: BenchmarkConfig = B
 
 # ----------------------------------------------------------------------------- weights files
 def save_checkpoint(path: str | Path, model: MIAVLM, variant: str, benchmark: BenchmarkConfig, training: dict):
-    torch.save({"config": model.config.to_dict(), "benchmark": benchmark.to_dict(), "variant": variant,
-                "training": training, "state_dict": model.state_dict()}, Path(path))
+    """The weights and what they are. `path`: a .pt file, or a model folder (ros_vla.models:
+    miavlm.pt, and config.json with the same record but the weights)."""
+    path = Path(path)
+    record = {"variant": variant, "config": model.config.to_dict(), "benchmark": benchmark.to_dict(),
+              "training": training}
+    if path.suffix != ".pt":
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        path = path / WEIGHTS_FILE
+    torch.save({**record, "state_dict": model.state_dict()}, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[MIAVLM, dict]:

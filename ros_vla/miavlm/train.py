@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ros_vla.miavlm.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="benchmark.npz written by ros_vla.miavlm.data")
-    parser.add_argument("--out", required=True, help="weights file to write (.pt)")
+    parser.add_argument("--out", required=True, help="a model folder to write (miavlm.pt + config.json), or a .pt file")
     parser.add_argument("--variant", choices=VARIANTS, default="multiview")
     parser.add_argument("--no-negatives", action="store_true", help="train on the positive questions only")
     parser.add_argument("--steps", type=int, default=1500)

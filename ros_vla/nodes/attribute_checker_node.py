@@ -104,9 +104,9 @@ class AttributeCheckerNode(Node):
     # ----------------------------------------------------------------- worker
     def load(self, model_path: str):
         from ros_vla.miavlm.checker import AttributeChecker
-        from ros_vla.miavlm.config import shipped_weights
+        from ros_vla.models import shipped
 
-        weights = Path(model_path).expanduser() if model_path else shipped_weights()
+        weights = Path(model_path).expanduser() if model_path else shipped("miavlm")
         try:
             self.checker = AttributeChecker(weights)
         except Exception as err:  # the node stays up and answers every question "cannot_see" with the reason

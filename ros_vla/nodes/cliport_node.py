@@ -38,6 +38,7 @@ from std_msgs.msg import String
 from ros_vla import protocol
 from ros_vla.cliport.config import WORKSPACE
 from ros_vla.language import KIND_SYNONYMS
+from ros_vla.models import shipped
 from ros_vla.nodes.actions import worker_service
 from ros_vla.nodes.common import (
     COMMAND_QOS,
@@ -54,7 +55,7 @@ from ros_vla.nodes.common import (
     publish_json,
     run_node,
 )
-from ros_vla.paths import config_file, model_dir, package_share
+from ros_vla.paths import config_file, package_share
 from ros_vla.perception.calibration import read_calibration
 from ros_vla.perception.heightmap import RgbdView, fuse_heightmap
 from ros_vla.perception.ros_messages import (
@@ -182,7 +183,7 @@ class CLIPortNode(Node):
     def load(self):
         from ros_vla.cliport.agent import load_agent
 
-        folder = self.p["model_dir"] or str(model_dir("cliport_small"))
+        folder = self.p["model_dir"] or str(shipped("cliport_small"))
         try:
             self.agent = load_agent(folder, threads=self.p["threads"])
             if self.calibration_problem:

@@ -71,7 +71,7 @@ from ros_vla.robot import panda
 from ros_vla.rt1 import RT1Config, RT1Policy
 from ros_vla.rt1.config import START_JOINT_POSITIONS
 from ros_vla.rt1.control import STOP, RobotCommand, command_from_action
-from ros_vla.rt1.runtime import BACKENDS, open_backend
+from ros_vla.rt1.runtime import BACKENDS, load_policy
 
 NO_WEIGHTS = "no RT-1 weights: set model_dir"
 # After the start move's duration, time for the arm to come to rest before the first frame.
@@ -166,7 +166,7 @@ class RT1PolicyNode(Node):
         try:
             from ros_vla.text_encoder import MiniLMInstructionEncoder
 
-            policy = RT1Policy(open_backend(self.backend_name, self.config, model_dir), self.config)
+            policy = load_policy(model_dir, self.backend_name, self.config)
             # The first run allocates and picks kernels (a deadline miss in a skill), and a
             # network exported at another size than `config` fails here, not mid-skill.
             size = self.config.image_size

@@ -29,10 +29,11 @@ from rclpy.node import Node
 from ros_vla_interfaces.srv import AffordanceQuery
 from sensor_msgs.msg import Image
 
+from ros_vla.models import shipped
 from ros_vla.nodes.actions import call_service
 from ros_vla.nodes.common import SENSOR_QOS, Diagnostics, FrameFilter, Latest, declare, run_node, start_worker
 from ros_vla.nodes.task_runner import Task, TaskRunner
-from ros_vla.paths import config_file, package_share
+from ros_vla.paths import config_file
 from ros_vla.perception.ros_messages import image_array, image_problem
 from ros_vla.saycan.config import PlannerConfig, Skill, load_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
@@ -94,9 +95,9 @@ class SayCanPlannerNode(Node):
     def load(self, p: dict, config: PlannerConfig):
         from ros_vla.saycan.llm import load_language_model
 
-        vf_dir = p["value_function_dir"] or str(package_share() / "models" / "saycan_value")
+        vf_dir = p["value_function_dir"] or str(shipped("saycan_value"))
         try:
-            lm = load_language_model(p["language_model"] or str(package_share() / "models" / "saycan_lm"),
+            lm = load_language_model(p["language_model"] or str(shipped("saycan_lm")),
                                      batch_size=p["lm_batch_size"])
             if vf_dir != "none":
                 from ros_vla.saycan.value_model import ValueFunction

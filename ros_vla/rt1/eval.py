@@ -192,12 +192,13 @@ def episodes_picture(episodes, frames: int = PICTURE_FRAMES, scale: int = 3) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ros_vla.paths import config_file, model_dir
+    from ros_vla.models import shipped
+    from ros_vla.paths import config_file
     from ros_vla.sim.scene import load_scene
 
     parser = argparse.ArgumentParser(prog="ros-vla eval rt1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(model_dir("rt1_small")), help="a `ros-vla train rt1` output folder")
+    parser.add_argument("--model", default=str(shipped("rt1_small")), help="a `ros-vla train rt1` output folder")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per task")
     parser.add_argument("--seed", type=int, default=EVAL_FIRST_SEED, help="first scene seed")

@@ -19,6 +19,7 @@ load it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -340,6 +341,14 @@ class RT1Policy:
             raise ValueError(f"instruction embedding must be {self.config.instruction_embedding_dim} finite "
                              f"numbers, got shape {embedding.shape}")
         return embedding
+
+
+def load_policy(model_dir: str | Path, backend: str = "onnxruntime", config: RT1Config | None = None) -> RT1Policy:
+    """The policy in a `ros-vla train rt1` folder on `backend`; its size is the folder's
+    config.json "config" (small, paper) unless `config` is given."""
+    if config is None:
+        config = RT1Config.named(json.loads((Path(model_dir) / "config.json").read_text())["config"])
+    return RT1Policy(open_backend(backend, config, model_dir), config)
 
 
 def open_backend(name: str, config: RT1Config, model_dir: str | Path):

@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from ros_vla.paths import config_file, package_share
+from ros_vla.models import shipped
+from ros_vla.paths import config_file
 from ros_vla.saycan import prompt
 from ros_vla.saycan.config import build_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
@@ -77,8 +78,8 @@ def run_bench(lm_dir: str, value_dir: str, openai: str, repeats: int, threads: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ros-vla bench saycan", description=__doc__)
-    parser.add_argument("--lm", default=str(package_share() / "models" / "saycan_lm"))
-    parser.add_argument("--value-function", default=str(package_share() / "models" / "saycan_value"),
+    parser.add_argument("--lm", default=str(shipped("saycan_lm")))
+    parser.add_argument("--value-function", default=str(shipped("saycan_value")),
                         help="'' to skip the value function")
     parser.add_argument("--openai", default="", help="also time an OpenAI-compatible server: BASE_URL#MODEL")
     parser.add_argument("--repeats", type=int, default=10)

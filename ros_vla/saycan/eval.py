@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ros_vla.paths import config_file, package_share
+from ros_vla.models import shipped
+from ros_vla.paths import config_file
 from ros_vla.saycan.config import PlannerConfig, Skill, SkillLibrary, load_skill_library
 from ros_vla.saycan.corpus import few_shot_examples
 from ros_vla.saycan.planner import Outcome, SayCanPlanner
@@ -303,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ros-vla eval saycan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=str(config_file("saycan_suite.jsonl")))
-    parser.add_argument("--lm", default=str(package_share() / "models" / "saycan_lm"),
+    parser.add_argument("--lm", default=str(shipped("saycan_lm")),
                         help="language model: a HF model directory, openai:BASE_URL#MODEL, or uniform")
-    parser.add_argument("--value-function", default=str(package_share() / "models" / "saycan_value"))
+    parser.add_argument("--value-function", default=str(shipped("saycan_value")))
     parser.add_argument("--skills", default=str(config_file("saycan_skills.yaml")))
     parser.add_argument("--ablations", action="store_true", help="also run 'no affordance' and 'no language model'")
     parser.add_argument("--settings", default="",

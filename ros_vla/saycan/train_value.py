@@ -1,5 +1,5 @@
 """Train the SayCan value function on recorded skills (value_data.py); episodes are split
-into training and validation sets, and the figures go into value_function.json.
+into training and validation sets, and the figures go into config.json.
 
     ros-vla train saycan-value --data data/saycan/value_data.npz --out models/saycan_value
 """
@@ -75,7 +75,7 @@ def train_value_function(data: dict, out: Path, epochs: int, seed: int, validati
               "parameters": sum(p.numel() for p in network.parameters())}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out / "value_function.pt")
-    (out / "value_function.json").write_text(json.dumps({"text_dim": int(embeddings.shape[1]), "width": 64,
+    (out / "config.json").write_text(json.dumps({"text_dim": int(embeddings.shape[1]), "width": 64,
                                                          "views": list(VIEWS), "image_size": list(IMAGE_SIZE),
                                                          "training": result}, indent=2))
     return result

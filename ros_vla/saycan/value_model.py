@@ -82,7 +82,7 @@ class ValueFunction:
 
         self._torch = torch
         model_dir = Path(model_dir)
-        meta = json.loads((model_dir / "value_function.json").read_text())
+        meta = json.loads((model_dir / "config.json").read_text())
         self.network = build_value_network(meta["text_dim"], meta["width"])
         self.network.load_state_dict(torch.load(model_dir / "value_function.pt", map_location="cpu"))
         self.network.eval()
