@@ -287,3 +287,24 @@ def test_shipped_model_grounds_the_instruction(demo_world):
         yaw_error = abs((prediction.pick_yaw - block_yaw + math.pi / 4) % (math.pi / 2) - math.pi / 4)
         assert yaw_error < math.radians(10), "the grasp faces the block's sides"
         assert prediction.confidence > 0.3
+
+
+@pytest.mark.skipif(not (SHIPPED / "cliport.pt").exists(), reason="no shipped CLIPort weights")
+def test_one_batch_for_many_texts_gives_what_one_inference_per_text_gives(demo_world):
+    """The affordance pass: the text-independent trunk and spatial streams run once for all
+    texts; every pick, place and confidence is the one a separate inference gives."""
+    from ros_vla.cliport.agent import load_agent
+
+    agent = load_agent(SHIPPED)
+    colour, height = world_heightmap(demo_world)
+    texts = ["put the red block in the green bowl", "pick up the blue block and place it in the purple bowl",
+             "put the yellow block in the green bowl", "pick up the red block and place it in the purple bowl"]
+    batched = agent.predict_many(colour, height, texts)
+    for text, together in zip(texts, batched):
+        alone = agent.predict(colour, height, text)
+        assert together.pick_pixel == alone.pick_pixel and together.place_pixel == alone.place_pixel, text
+        assert together.place_rotation_rad == alone.place_rotation_rad
+        assert together.confidence == pytest.approx(alone.confidence, abs=1e-4)
+        assert np.allclose(together.pick_heatmap, alone.pick_heatmap, atol=1e-6)
+    assert agent.affordances(colour, height, texts) == pytest.approx([p.confidence for p in batched])
+    assert agent.affordances(colour, height, []) == []

@@ -98,21 +98,31 @@ class CLIPortAgent:
         near = (rows - pixel[0]) ** 2 + (cols - pixel[1]) ** 2 <= radius ** 2
         return float(probabilities[near].sum())
 
-    @torch.no_grad()
     def predict(self, colour: np.ndarray, height_m: np.ndarray, instruction: str) -> Prediction:
         """colour/height: a heightmap on the WORKSPACE grid (what world_heightmap and the node build)."""
+        return self.predict_many(colour, height_m, [instruction])[0]
+
+    @torch.no_grad()
+    def predict_many(self, colour: np.ndarray, height_m: np.ndarray, instructions: list[str]) -> list[Prediction]:
+        """One prediction per instruction on the same heightmap, in one batch: the parts of
+        the network that do not depend on the text run once for all of them."""
         cfg = self.cfg
         small_colour, small_height = downsample(colour, height_m, cfg.downsample)
         image = torch.from_numpy(network_input(small_colour, small_height))[None]
-        language = self.embed([instruction])
+        language = self.embed(instructions)
         h, w = cfg.heightmap.shape
-        pick_probabilities = torch.softmax(self.model.pick_logits(image, language)[0], 0).view(h, w).numpy()
-        pick = np.unravel_index(int(pick_probabilities.argmax()), (h, w))
-        place_logits = self.model.place_logits(image, language, torch.tensor([pick]))[0]
-        place_probabilities = torch.softmax(place_logits, 0).view(cfg.n_rotations, h, w).numpy()
+        pick_probabilities = torch.softmax(self.model.pick_logits(image, language), 1).view(-1, h, w).numpy()
+        picks = [np.unravel_index(int(p.argmax()), (h, w)) for p in pick_probabilities]
+        place_logits = self.model.place_logits(image, language, torch.tensor(picks))
+        place_probabilities = torch.softmax(place_logits, 1).view(-1, cfg.n_rotations, h, w).numpy()
+        return [self._prediction(height_m, pick_map, pick, place_map)
+                for pick_map, pick, place_map in zip(pick_probabilities, picks, place_probabilities)]
+
+    def _prediction(self, height_m: np.ndarray, pick_probabilities: np.ndarray, pick: tuple[int, int],
+                    place_probabilities: np.ndarray) -> Prediction:
         rotation, *place = np.unravel_index(int(place_probabilities.argmax()), place_probabilities.shape)
         place_map = place_probabilities.sum(0)
-        theta = rotation * 2 * math.pi / cfg.n_rotations
+        theta = rotation * 2 * math.pi / self.cfg.n_rotations
         pick_xyz, pick_yaw = self._grasp(height_m, pick)
         place_xyz = self._release(height_m, tuple(place), pick_xyz[2])
         return Prediction(
@@ -166,8 +176,10 @@ class CLIPortAgent:
 
     @torch.no_grad()
     def affordances(self, colour: np.ndarray, height_m: np.ndarray, texts: list[str]) -> list[float]:
-        """CLIPort's confidence for each skill text on the current heightmap."""
-        return [self.predict(colour, height_m, text).confidence for text in texts]
+        """CLIPort's confidence for each skill text on the current heightmap, in one batch."""
+        if not texts:
+            return []
+        return [prediction.confidence for prediction in self.predict_many(colour, height_m, texts)]
 
 
 def heatmap_picture(colour: np.ndarray, prediction: Prediction, factor: int) -> np.ndarray:

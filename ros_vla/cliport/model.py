@@ -143,13 +143,16 @@ class SemanticStream(nn.Module):
         self.head = nn.Conv2d(channels, out_dim, 1)
 
     def forward(self, rgb01, language, spatial: dict[int, torch.Tensor]):
+        """One image and many texts (image batch 1, language batch T) runs the trunk once
+        and the language-conditioned decoder T times, as a batch."""
         x = self.trunk(rgb01)
         stride = self.top_stride
         for i in range(len(self.ups) + 1):
             if i < len(self.language):
                 x = x * self.language[i](language)[:, :, None, None]
             if str(stride) in self.laterals:
-                x = self.laterals[str(stride)](torch.cat([x, spatial[stride]], dim=1))
+                lateral = spatial[stride].expand(x.shape[0], -1, -1, -1)
+                x = self.laterals[str(stride)](torch.cat([x, lateral], dim=1))
             if i < len(self.ups):
                 x = self.ups[i](x)
                 stride //= 2
@@ -173,7 +176,9 @@ class TwoStreamFCN(nn.Module):
         self.stride = max(trunk.stride, 2 ** (len(cfg.widths) - 1))
 
     def forward(self, image, language):
-        """image: [B, 6, H, W] (rgb in 0..1, height / MAX_HEIGHT_M x3); language: [B, L]."""
+        """image: [B, 6, H, W] (rgb in 0..1, height / MAX_HEIGHT_M x3); language: [B, L].
+        B may be 1 for the image and T for the language: the spatial stream and the semantic
+        trunk, which do not depend on the text, then run once for all T texts."""
         spatial = self.spatial(image)
         return self.spatial_head(spatial[1]) + self.semantic(image[:, :3], language, spatial)
 
@@ -225,7 +230,8 @@ class CLIPort(nn.Module):
         """[B, H*W] logits over pixels."""
         h, w = image.shape[-2:]
         padded, _, _ = _pad_to_multiple(image, self.attention.stride)
-        return self.attention(padded, language)[:, 0, :h, :w].reshape(image.shape[0], -1)
+        logits = self.attention(padded, language)[:, 0, :h, :w]
+        return logits.reshape(logits.shape[0], -1)
 
     # ----------------------------------------------------------------- place
     @staticmethod
@@ -267,14 +273,16 @@ class CLIPort(nn.Module):
         return self.rotated_windows(features, centre, cfg.crop_size, self.angles)
 
     def place_logits(self, image, language, pick_rc) -> torch.Tensor:
-        """[B, R*H*W] logits over (rotation, pixel)."""
+        """[B, R*H*W] logits over (rotation, pixel). One image (batch 1) with B texts and
+        B pick pixels shares the key stream's text-independent work."""
         cfg = self.cfg
-        b, _, h, w = image.shape
+        _, _, h, w = image.shape
+        b = language.shape[0]
         r = cfg.n_rotations
         pad = cfg.crop_size // 2
         padded, _, _ = _pad_to_multiple(image, self.key.stride, extra=pad)
         keys = self.key(padded, language)[:, :, :h + 2 * pad, :w + 2 * pad]
-        queries = self.query_features(image, language, pick_rc)
+        queries = self.query_features(image.expand(b, -1, -1, -1), language, pick_rc)
         # Kernel index crop // 2 over padded pixel p + pad lands on heightmap pixel p.
         correlation = self.correlate(keys, queries.reshape(b, r, *queries.shape[1:]))
         scale = math.sqrt(cfg.transport_dim * cfg.crop_size ** 2)
