@@ -199,6 +199,9 @@ def test_instruction_is_planned_and_executed_with_scores_visible(stack):
     assert top["skill"] == final["plan"][0] and set(top) == {"skill", "llm", "affordance", "combined"}
     assert top["affordance"] == pytest.approx(0.9) and top["combined"] == pytest.approx(top["llm"] * 0.9, abs=1e-3)
     assert len(executing[0]["scores"]) == 5 and "LM" in executing[0]["message"]
+    # The step says where its affordances came from: CLIPort for the pick-and-places, the
+    # default for the rest (no value function here).
+    assert "affordances: cliport 12, default 3" in executing[0]["message"], executing[0]["message"]
     request = stack.requests[-1]
     assert request["skill"] == "pick_place" and request["text"] == final["plan"][0]
     assert request["args"] == {"pick": "red_block", "place": "green_bowl"}

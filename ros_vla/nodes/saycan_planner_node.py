@@ -10,6 +10,7 @@ Affordances ("Can"), re-asked before every step, per skill in its configured ord
   cliport-scored text, answered within `cliport_timeout_s` (no answer = next source);
 - value_function: the learned value function on the newest head and wrist camera frames;
 - otherwise `default_affordance`.
+Each step's status message ends with how many affordances each source gave.
 Executors: pick_place/pick/put_down/rt1 -> the skill/<executor> action (ExecuteSkill);
 navigate -> base/go_to_station. Skills whose executor is not in `executors` are left out of
 the library, so they can never be chosen.
@@ -75,6 +76,7 @@ class SayCanPlannerNode(Node):
         self.load_error = ""
         self.ready_message = ""
         self.loaded = threading.Event()  # the models loaded, or failed to (load_error)
+        self.affordance_sources = ""  # how many of the last step's affordances each source gave
         self.tasks = TaskRunner(self, self.diag, self.run_task, p["executors"], p["skill_timeout_s"],
                                 p["navigation_timeout_s"], name="saycan")
         # /diagnostics also on a timer: a monitor that starts later still learns whether the planner is up.
@@ -123,6 +125,9 @@ class SayCanPlannerNode(Node):
         task.status("received", "planning")
 
         def progress(state, message, plan, scores):
+            # Which source answered the step's affordances, so a fallback is seen, not hidden.
+            if scores and self.affordance_sources:
+                message = f"{message}; affordances: {self.affordance_sources}"
             task.status(state, message, plan, scores=scores)
 
         def execute(skill: Skill) -> tuple[bool, str]:
@@ -141,14 +146,18 @@ class SayCanPlannerNode(Node):
     # ----------------------------------------------------------------- affordances
     def affordances(self, skills: list[Skill]) -> np.ndarray:
         values = np.full(len(skills), np.nan)
+        sources = np.full(len(skills), "default", dtype=object)
         cliport = [i for i, s in enumerate(skills) if "cliport" in s.affordance]
         if cliport:
             answer = self.ask_cliport([skills[i].text for i in cliport])
             if answer is not None:
-                values[cliport] = answer
+                values[cliport], sources[cliport] = answer, "cliport"
         wanted = [i for i, s in enumerate(skills) if np.isnan(values[i]) and "value_function" in s.affordance]
         if wanted and self.value_function is not None:
             values[wanted] = self.value_function.predict(self.observation(), [skills[i].text for i in wanted])
+            sources[wanted] = "value function"
+        names, counts = np.unique(sources, return_counts=True)
+        self.affordance_sources = ", ".join(f"{name} {count}" for name, count in zip(names, counts))
         return np.where(np.isnan(values), self.default_affordance, values)
 
     def ask_cliport(self, texts: list[str]) -> np.ndarray | None:
