@@ -69,6 +69,7 @@ from ros_vla.perception.ros_messages import (
 from ros_vla.sim.scene import load_scene
 
 OBJECT_WORDS = set(KIND_SYNONYMS) | {"stand", "stands"}
+WARM_UP_TEXTS = 12  # as many as the skill library's pick-and-places: SayCan's affordance query
 
 
 def skill_text_problem(text: str) -> str:
@@ -186,6 +187,11 @@ class CLIPortNode(Node):
         folder = self.p["model_dir"] or str(shipped("cliport_small"))
         try:
             self.agent = load_agent(folder, threads=self.p["threads"])
+            # The first pass allocates and picks kernels (seconds): done here, not in the
+            # first affordance query, which SayCan waits for only cliport_timeout_s.
+            height, width = WORKSPACE.shape
+            self.agent.affordances(np.zeros((height, width, 3), np.uint8), np.zeros((height, width), np.float32),
+                                   ["put the red block in the green bowl"] * WARM_UP_TEXTS)
             if self.calibration_problem:
                 self.diag.publish("error", f"CLIPort {self.agent.cfg.name} loaded; {self.calibration_problem}")
             else:

@@ -51,7 +51,7 @@ class SayCanPlannerNode(Node):
         super().__init__("saycan_planner")
         p = declare(
             self, scene_file="", skills_file="", language_model="", lm_batch_size=0, value_function_dir="",
-            executors=["pick_place", "navigate"], default_affordance=1.0, cliport_timeout_s=0.5,
+            executors=["pick_place", "navigate"], default_affordance=1.0, cliport_timeout_s=1.5,
             head_camera_topic="camera/camera/color/image_raw", wrist_camera_topic="wrist/camera/color/image_raw",
             stale_image_s=2.0, skill_timeout_s=120.0, navigation_timeout_s=90.0, max_steps=10, max_failures=2,
             min_affordance=0.15, top_k=5, chain_of_thought=False, report_period_s=2.0)
