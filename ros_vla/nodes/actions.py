@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
@@ -51,15 +52,17 @@ class GoalRun:
 
 class WorkerActionServer:
     """An action server whose goals `submit(run: GoalRun) -> str` queues for the node's
-    worker; a non-empty return is why the goal cannot run (it is aborted with that result
-    from `refused(message)`). `on_cancel(run)` is called in the executor when a client
-    cancels: it must only signal the worker (run.cancel_requested is already set)."""
+    worker; a non-empty return is why the goal cannot run (it is aborted with the result
+    `refused(message)`, by default the action's Result with that message). `on_cancel(run)`
+    is called in the executor thread when a client cancels (run.cancel_requested is already
+    set): it signals the worker, or stops a motion the executor thread itself runs."""
 
     def __init__(self, node: Node, action_type, name: str, submit: Callable[[GoalRun], str],
-                 refused: Callable[[str], object], on_cancel: Callable[[GoalRun], None] = lambda run: None):
+                 refused: Callable[[str], object] | None = None,
+                 on_cancel: Callable[[GoalRun], None] = lambda run: None):
         self._node = node
         self._submit = submit
-        self._refused = refused
+        self._refused = refused or (lambda message: action_type.Result(message=message))
         self._on_cancel = on_cancel
         self._runs: dict[bytes, GoalRun] = {}
         self.server = ActionServer(node, action_type, name, execute_callback=self._execute,
@@ -78,7 +81,8 @@ class WorkerActionServer:
         key = bytes(goal_handle.goal_id.uuid)
         self._runs[key] = run
         try:
-            why_not = self._submit(run)
+            # Canceled before it started (rclpy allows a cancel before execute): nothing runs.
+            why_not = "canceled before it started" if goal_handle.is_cancel_requested else self._submit(run)
             if why_not:
                 run.finish(self._refused(why_not), False)
             result, success = await run._done
@@ -106,7 +110,9 @@ def worker_service(node: Node, service_type, name: str, submit: Callable[[object
             return refused(why_not)
         return await done
 
-    return node.create_service(service_type, name, serve)
+    # Reentrant: in the node's default (mutually exclusive) group every other callback of the
+    # node would wait while `serve` awaits the worker.
+    return node.create_service(service_type, name, serve, callback_group=ReentrantCallbackGroup())
 
 
 def _wait(future, deadline: float, give_up: Callable[[], bool]) -> bool:
@@ -156,8 +162,9 @@ class ServerWatch:
 
 
 class ActionCaller:
-    """A node's client of one action, for its worker thread: `call` sends a goal and waits
-    for the result. Never raises for a server that is missing, silent or gone."""
+    """A node's client of one action, for a worker thread (never the executor's: it waits on
+    it): `call` sends a goal and waits for the result. Never raises for a server that is
+    missing, silent or gone."""
 
     def __init__(self, node: Node, action_type, name: str, what: str):
         self._node = node
@@ -176,7 +183,14 @@ class ActionCaller:
         watch = ServerWatch(self._node, self._name)
         deadline = time.monotonic() + timeout_s
         on_feedback = (lambda message: feedback(message.feedback)) if feedback else None
-        sent = self.client.send_goal_async(goal, feedback_callback=on_feedback)
+        # Sent by the executor thread: rclpy's send_goal_async swaps the future it returns
+        # after the request is out, so the goal response, handled by the executor thread,
+        # could complete the first one, and the one returned to another thread never.
+        sending = self._node.executor.create_task(
+            lambda: self.client.send_goal_async(goal, feedback_callback=on_feedback))
+        if not _wait(sending, deadline, watch.left):
+            return ActionOutcome(GoalStatus.STATUS_UNKNOWN, None, f"the {what} goal could not be sent")
+        sent = sending.result()
         if not _wait(sent, deadline, watch.left):
             return ActionOutcome(GoalStatus.STATUS_UNKNOWN, None, f"the {what} server did not take the goal")
         handle = sent.result()

@@ -394,13 +394,15 @@ class ArmMotionNode(Node):
     def send_gripper(self, width_m: float):
         self.gripper_pub.publish(Float64(data=float(width_m)))
 
-    def hold_position(self):
-        """Replace whatever the controller is doing by staying where the arm is."""
+    def hold_position(self) -> bool:
+        """Replace whatever the controller is doing by staying where the arm is; False when
+        that is unknown (no fresh /joint_states) and no hold was sent."""
         q_now = self.current_positions()
         if q_now is None:
             self.diag.publish("error", "cannot hold position: no fresh /joint_states")
-            return
+            return False
         self.publish_trajectory(self.trajectory_msg(Plan([(q_now, 0.05)])))
+        return True
 
     # ----------------------------------------------------------------- worker
     def work(self, goal: Goal):
@@ -422,7 +424,11 @@ class ArmMotionNode(Node):
             self.publish_status("idle", message)
             goal.finish(True, message)
         except MotionAborted as err:
-            self.refuse(str(err), goal)
+            if goal.canceled.is_set():  # asked for: not a refusal
+                self.publish_status("idle", str(err))
+                goal.finish(False, str(err))
+            else:
+                self.refuse(str(err), goal)
         except Exception as err:  # never let one bad goal kill the worker
             if not self.context.ok():
                 return
@@ -475,8 +481,10 @@ class ArmMotionNode(Node):
         """A canceled goal stops where the arm is: the hold replaces the trajectory under way."""
         goal = self.current_goal
         if goal is not None and goal.canceled.is_set():
-            self.hold_position()
-            raise MotionAborted(f"canceled during '{what}': holding position")
+            if self.hold_position():
+                raise MotionAborted(f"canceled during '{what}': holding position")
+            raise MotionAborted(f"canceled during '{what}'; no hold sent: no fresh /joint_states "
+                                f"(the controller finishes its trajectory)")
 
     def run_pose_goal(self, target: np.ndarray) -> str:
         self.execute(plan_pose_goal(self.positions_to_plan_from("pose goal"), target, self.cfg), "pose goal")
@@ -502,6 +510,7 @@ class ArmMotionNode(Node):
         steps = pick_place_steps(pick["xyz"], float(pick.get("yaw", 0.0)), place["xyz"],
                                  float(place.get("yaw", 0.0)), self.cfg)
         for number, step in enumerate(steps):
+            self.hold_if_canceled(step.name)  # between steps too: the next one must not start
             self.current_goal.report(step.name, number / len(steps))
             if step.kind == "gripper":
                 width = self.actuate_gripper(step.width_m, step.name)

@@ -205,7 +205,10 @@ class AttributeCheckerNode(Node):
             self.reply(_request_id(msg.data), "cannot_see", 0.0, [], [], BUSY)
 
     def submit_question(self, request: AttributeQuery.Request, respond) -> str:
-        return "" if self.worker.put(partial(self.answer_service, request.question, respond)) else BUSY
+        if self.worker.put(partial(self.answer_service, request.question, respond)):
+            return ""
+        self.count("cannot_see")
+        return BUSY
 
     def report(self):
         now = self.get_clock().now()

@@ -98,7 +98,6 @@ class BaseMotionNode(Node):
         self.create_subscription(Bool, "estop", self.on_estop, COMMAND_QOS)
         self.create_timer(self.period_s, self.control)
         WorkerActionServer(self, GoToStation, "base/go_to_station", lambda run: self.start_goto(run.goal.station, run),
-                           lambda message: GoToStation.Result(success=False, message=message),
                            on_cancel=self.on_cancel)
         self.publish_status("idle", "ready")
 

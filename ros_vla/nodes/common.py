@@ -1,4 +1,6 @@
-"""Small pieces every node uses: QoS profiles, /diagnostics, JSON status, the main() wrapper."""
+"""Small pieces every node uses: QoS profiles, /diagnostics, JSON status, the main() wrapper,
+worker threads, the task journal, and the skill nodes' side of the skill/<executor> and
+arm/pick_and_place actions (SkillServer, PickPlaceCaller)."""
 
 from __future__ import annotations
 
@@ -265,7 +267,6 @@ class SkillServer:
         self.result_pub = node.create_publisher(String, "skill/result", STATUS_QOS)
         node.create_subscription(String, "skill/request", self._on_json_request, COMMAND_QOS)
         self.action = WorkerActionServer(node, ExecuteSkill, f"skill/{executor}", self._on_goal,
-                                         lambda message: ExecuteSkill.Result(success=False, message=message),
                                          on_cancel=lambda run: self._cancel(id(run)))
 
     def _now_s(self) -> float:
@@ -273,6 +274,8 @@ class SkillServer:
 
     def _on_goal(self, run) -> str:
         goal = run.goal
+        if goal.skill and goal.skill != self.executor:
+            return f"this is the '{self.executor}' skill's action; '{goal.skill[:40]}' skills have their own"
         request = SkillRequest(
             uuid.uuid4().hex[:8], goal.skill or self.executor, goal.text, {kv.key: kv.value for kv in goal.args},
             self._now_s(), run.cancel_requested,

@@ -138,7 +138,7 @@ class RT1PolicyNode(Node):
         self.encoder = None
         self.skill: Skill | None = None  # set by the worker, run and ended by the control timer
         self.skill_lock = threading.Lock()
-        self.busy = threading.Event()  # from an accepted request until its skill/result
+        self.busy = threading.Event()  # from an accepted request until it is answered
         self.current_id = ""
         self.estopped = False
         self.last_gripper_width: float | None = None

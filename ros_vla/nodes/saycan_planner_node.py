@@ -119,12 +119,16 @@ class SayCanPlannerNode(Node):
     def run_task(self, task: Task):
         # A task sent while the models load waits for them.
         self.loaded.wait()
+        task.check_interrupted("loading the models")
         if self.planner is None:
             task.status("refused", self.load_error or "the planner's models did not load")
             return
         task.status("received", "planning")
 
         def progress(state, message, plan, scores):
+            # A cancel or /estop while the language model scored ends the task here, before
+            # the step it chose runs (or "done" ends it succeeded).
+            task.check_interrupted("planning")
             # Which source answered the step's affordances, so a fallback is seen, not hidden.
             if scores and self.affordance_sources:
                 message = f"{message}; affordances: {self.affordance_sources}"

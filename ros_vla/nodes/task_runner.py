@@ -140,7 +140,8 @@ class TaskRunner:
         node.create_subscription(String, "instruction", lambda m: self.start(m.data, None), COMMAND_QOS)
         self.tasks = QueueWorker(node, self._work, name)
         self.journal = TaskJournal(node, self.status_pub, lambda *fields: self.publish(*fields))
-        self.action = WorkerActionServer(node, RunTask, "run_task", self._submit, self._refused_result)
+        self.action = WorkerActionServer(node, RunTask, "run_task", self._submit,
+                                         lambda why: RunTask.Result(state="canceled", message=why))
 
     def publish(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0,
                 scores=(), explanation: str = "") -> TaskStatus:
@@ -152,12 +153,9 @@ class TaskRunner:
         return status
 
     def _submit(self, run: GoalRun) -> str:
+        """Never refuses here: a refused task gets a task id and a status like any other."""
         self.start(run.goal.instruction, run)
         return ""
-
-    @staticmethod
-    def _refused_result(message: str) -> RunTask.Result:
-        return RunTask.Result(state="refused", message=message)
 
     def start(self, text: str, run: GoalRun | None):
         """A task from /instruction (run None) or a run_task goal: queued, or refused with the reason."""
