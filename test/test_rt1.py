@@ -208,6 +208,26 @@ def test_onnx_runtime_matches_torch(small_model, small_onnx, episode):
         assert (tokenizer.greedy_tokens(logits) == tokenizer.greedy_tokens(expected)).all()
 
 
+def test_int8_action_decoder_keeps_the_shipped_policys_tokens():
+    """The int8 decoder (onnxruntime-int8) against the float one, on the shipped policy: it
+    is a quantised variant, so the figure is an agreement rate, measured, not equality."""
+    from ros_vla.models import shipped
+    from ros_vla.rt1.runtime import load_policy
+
+    folder = shipped("rt1_small")
+    exact, int8 = load_policy(folder, "onnxruntime"), load_policy(folder, "onnxruntime-int8")
+    assert int8.backend.name.endswith("int8")
+    rng = np.random.default_rng(3)
+    embedding = MiniLMInstructionEncoder().embed(["pick up the red block"])[0]
+    base = rng.integers(0, 256, (int8.config.image_size, int8.config.image_size, 3), dtype=np.uint8)
+    same = total = 0
+    for _ in range(12):  # a scene that changes a little from frame to frame
+        frame = np.clip(base.astype(int) + rng.integers(-8, 9, base.shape), 0, 255).astype(np.uint8)
+        a, b = exact.step(frame, embedding), int8.step(frame, embedding)
+        same, total = same + int((a == b).sum()), total + a.size
+    assert same / total >= 0.9, f"{same}/{total} tokens agree"
+
+
 def test_onnx_model_needs_both_graphs(tmp_path):
     with pytest.raises(FileNotFoundError, match="rt1_frame_encoder.onnx"):
         OnnxModel.in_directory(tmp_path)

@@ -1,6 +1,7 @@
 """`ros-vla bench rt1`: how fast one RT-1 control step runs on this machine.
 
-For each backend (torch eager, ONNX Runtime; TensorRT FP16 where it can run) and each way
+For each backend (torch eager, ONNX Runtime, ONNX Runtime with an int8 action decoder;
+TensorRT FP16 where it can run) and each way
 of stepping (token cache on: encode only the new frame; off: encode all 6 frames every
 step), a fresh worker process builds or loads the network, warms up, then runs
 back-to-back control steps (`RT1Policy.step`: a 300x300 rgb8 frame and an instruction
@@ -30,7 +31,7 @@ import psutil
 from ros_vla.rt1.config import RT1Config
 from ros_vla.rt1.runtime import cpu_threads, tensorrt_unavailable_reason
 
-ROWS = [("torch", False), ("torch", True), ("onnxruntime", False), ("onnxruntime", True)]
+ROWS = [("torch", False), ("torch", True), ("onnxruntime", False), ("onnxruntime", True), ("onnxruntime-int8", True)]
 BASELINE = "torch_uncached"
 WARMUP_STEPS = 3
 MIN_STEPS, MAX_STEPS = 20, 2000
@@ -54,8 +55,8 @@ def _make_backend(backend: str, config: RT1Config, onnx_dir: str):
         torch.set_num_threads(cpu_threads())
         return runtime.TorchBackend(build_rt1(config))
     onnx_model = runtime.OnnxModel.in_directory(onnx_dir)
-    if backend == "onnxruntime":
-        return runtime.OnnxRuntimeBackend(onnx_model)
+    if backend in ("onnxruntime", "onnxruntime-int8"):
+        return runtime.OnnxRuntimeBackend(onnx_model, int8_decoder=backend == "onnxruntime-int8")
     return runtime.TensorRTBackend(*(_engine_path(p) for p in (onnx_model.frame_encoder, onnx_model.action_decoder)))
 
 
@@ -161,7 +162,10 @@ def run_bench_rt1(config_name: str = "paper", seconds_per_row: float = 8.0, as_j
         row["latency_ratio_vs_baseline"] = row["latency_ms_median"] / baseline["latency_ms_median"]
         row["rate_ratio_vs_baseline"] = row["rate_hz"] / baseline["rate_hz"]
         row["memory_ratio_vs_baseline"] = row["memory_mb"] / baseline["memory_mb"]
-        row["tokens_equal_baseline_steps"] = sum(a == b for a, b in zip(row.pop("first_tokens"), baseline_tokens))
+        tokens = row.pop("first_tokens")
+        row["tokens_equal_baseline_steps"] = sum(a == b for a, b in zip(tokens, baseline_tokens))
+        pairs = [(x, y) for a, b in zip(tokens, baseline_tokens) for x, y in zip(a, b)]
+        row["token_agreement"] = sum(x == y for x, y in pairs) / max(1, len(pairs))
     results["backends"] = rows
     if trt_reason is not None:
         results["tensorrt"] = {"skipped": trt_reason}
@@ -177,7 +181,8 @@ def run_bench_rt1(config_name: str = "paper", seconds_per_row: float = 8.0, as_j
               f"{row['latency_ms_median']:>11.1f}{row['latency_ms_p99']:>9.1f}{row['rate_hz']:>9.2f}"
               f"{row['memory_mb']:>11.0f}   {row['latency_ratio_vs_baseline']:>20.2f}"
               f"{row['rate_ratio_vs_baseline']:>6.2f}{row['memory_ratio_vs_baseline']:>8.2f}"
-              f"   {row['tokens_equal_baseline_steps']}/{AGREEMENT_STEPS} steps")
+              f"   {row['tokens_equal_baseline_steps']}/{AGREEMENT_STEPS} steps "
+              f"({row['token_agreement']:.1%} of tokens)")
     if trt_reason is not None:
         print(f"  {'tensorrt fp16':<22}skipped: {trt_reason}")
     if as_json:
@@ -187,7 +192,7 @@ def run_bench_rt1(config_name: str = "paper", seconds_per_row: float = 8.0, as_j
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="one row of ros-vla bench rt1 (a worker process)")
-    parser.add_argument("--worker", required=True, choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument("--worker", required=True, choices=["torch", "onnxruntime", "onnxruntime-int8", "tensorrt"])
     parser.add_argument("--config", default="paper")
     parser.add_argument("--onnx-dir", default="")
     parser.add_argument("--seconds", type=float, default=8.0)
