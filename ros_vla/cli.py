@@ -55,7 +55,12 @@ def _say(args) -> int:
             step = f" [{status['step']}/{len(status['plan'])}]" if status.get("plan") else ""
             print(f"{status['state']:>10}{step}: {status['message']}", flush=True)
 
-        final = client.say(args.text, timeout_s=args.timeout, on_status=show)
+        try:
+            final = client.say(args.text, timeout_s=args.timeout, on_status=show)
+        except KeyboardInterrupt:  # Ctrl-C stops the task, not only this command
+            answer = client.cancel_task()
+            print(answer.message if answer is not None else "no planner answered /cancel_task", file=sys.stderr)
+            return 130
         if final is None:
             print(f"no final status within {args.timeout:.0f} s", file=sys.stderr)
             return 3

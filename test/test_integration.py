@@ -70,6 +70,7 @@ EXPECTED_ACTIONS = {
 EXPECTED_SERVICES = {
     "/cliport/affordance": "ros_vla_interfaces/srv/AffordanceQuery",
     "/attribute/check": "ros_vla_interfaces/srv/AttributeQuery",
+    "/cancel_task": "std_srvs/srv/Trigger",
 }
 
 

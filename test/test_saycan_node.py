@@ -28,6 +28,7 @@ from ros_vla_interfaces.action import ExecuteSkill, GoToStation, RunTask
 from ros_vla_interfaces.msg import TaskStatus
 from ros_vla_interfaces.srv import AffordanceQuery
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS
 from ros_vla.paths import use_project_dds_profile
@@ -286,3 +287,24 @@ def test_canceling_run_task_cancels_the_running_skill_and_ends_canceled(stack):
     # The planner is free again: the next task runs.
     _, final = stack.say("put the red block in the green bowl")
     assert final["state"] == "succeeded", final
+
+
+def test_cancel_task_stops_a_task_sent_on_instruction(stack):
+    canceler = stack.node.create_client(Trigger, "/cancel_task")
+    assert canceler.wait_for_service(timeout_sec=10.0)
+    idle = canceler.call_async(Trigger.Request())
+    assert wait_until(idle.done, 10.0) and not idle.result().success and "no task" in idle.result().message
+    stack.skill_duration_s = 30.0
+    try:
+        with stack.lock:
+            seen = len(stack.statuses)
+        stack.instruction_pub.publish(String(data="put the blue block in the purple bowl"))
+        assert wait_until(lambda: any(s["state"] == "executing" for s in stack.statuses[seen:]), 30.0)
+        asked = canceler.call_async(Trigger.Request())
+        assert wait_until(asked.done, 10.0) and asked.result().success, asked.result()
+        final = wait_until(lambda: next((s for s in stack.statuses[seen:]
+                                         if s["state"] in ("canceled", "succeeded", "failed")), None), 10.0)
+    finally:
+        stack.skill_duration_s = 0.0
+    assert final is not None and final["state"] == "canceled", final
+    assert stack.canceled_skills[-1] == "pick up the blue block and place it in the purple bowl"

@@ -8,7 +8,8 @@ turn an instruction into skills (`run(task)`); everything around that lives here
 - task/status (ros_vla_interfaces/TaskStatus) at every change; the same status is the
   action's feedback, and the last one its result.
 - Skills run through the skill/<executor> actions (ExecuteSkill), drives through
-  base/go_to_station (GoToStation). Canceling a run_task goal cancels the running skill or
+  base/go_to_station (GoToStation). Canceling a run_task goal, or calling cancel_task
+  (std_srvs/Trigger: the running task, however it was sent), cancels the running skill or
   drive (the arm and base hold) and ends the task "canceled"; /estop ends it "stopped".
 - The task journal: a planner that died mid-task reports that task failed after respawn.
 """
@@ -25,6 +26,7 @@ from rclpy.node import Node
 from ros_vla_interfaces.action import ExecuteSkill, GoToStation, RunTask
 from ros_vla_interfaces.msg import SkillScore, TaskStatus
 from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
 
 from ros_vla import protocol
 from ros_vla.nodes.actions import ActionCaller, GoalRun, WorkerActionServer
@@ -134,6 +136,7 @@ class TaskRunner:
                        for executor in skill_executors if executor != "navigate"}
         self.base = ActionCaller(node, GoToStation, "base/go_to_station", "base go-to-station")
         self.busy = threading.Event()
+        self.current: Task | None = None  # the task the worker is carrying out
         self.estopped = threading.Event()
         node.create_subscription(Bool, "estop", lambda m: (self.estopped.set if m.data else self.estopped.clear)(),
                                  COMMAND_QOS)
@@ -142,6 +145,7 @@ class TaskRunner:
         self.journal = TaskJournal(node, self.status_pub, lambda *fields: self.publish(*fields))
         self.action = WorkerActionServer(node, RunTask, "run_task", self._submit,
                                          lambda why: RunTask.Result(state="canceled", message=why))
+        node.create_service(Trigger, "cancel_task", self._cancel_current)
 
     def publish(self, task_id: str, instruction: str, state: str, message: str, plan=(), step: int = 0,
                 scores=(), explanation: str = "") -> TaskStatus:
@@ -151,6 +155,16 @@ class TaskRunner:
         self.diag.publish(DIAGNOSTIC_LEVELS.get(state, "ok"), f"task {task_id} {state}: {message}"[:400],
                           instruction=instruction[:200])
         return status
+
+    def _cancel_current(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        task = self.current
+        response.success = task is not None
+        if task is None:
+            response.message = "no task is running"
+        else:
+            task.canceled.set()
+            response.message = f"canceling task {task.id} ({task.shown[:80]}): the arm and base hold"
+        return response
 
     def _submit(self, run: GoalRun) -> str:
         """Never refuses here: a refused task gets a task id and a status like any other."""
@@ -178,6 +192,7 @@ class TaskRunner:
         if not self.node.context.ok():
             return
         self.journal.begin(task.id, task.shown)
+        self.current = task
         try:
             self._run(task)
         except TaskInterrupted as interrupted:
@@ -187,6 +202,7 @@ class TaskRunner:
             if self.node.context.ok():
                 task.status("failed", f"internal error: {err!r}")
         finally:
+            self.current = None
             self.journal.end()
             self.busy.clear()
         if task.last is None or task.last.state not in protocol.TERMINAL_TASK_STATES:

@@ -23,6 +23,7 @@ from ros_vla_interfaces.msg import TaskStatus
 from ros_vla_interfaces.srv import AffordanceQuery, AttributeQuery
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from ros_vla import protocol
 from ros_vla.nodes.actions import ActionCaller, ActionOutcome, call_service
@@ -64,6 +65,7 @@ class StackClient:
         self._skill_actions: dict[str, ActionCaller] = {}
         self.affordance_client = self.node.create_client(AffordanceQuery, "/cliport/affordance")
         self.attribute_client = self.node.create_client(AttributeQuery, "/attribute/check")
+        self.cancel_client = self.node.create_client(Trigger, "/cancel_task")
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -215,6 +217,10 @@ class StackClient:
         """MIAVLM's answer to a yes/no question about an object, from attribute/check."""
         self.attribute_client.wait_for_service(timeout_sec=timeout_s)
         return call_service(self.attribute_client, AttributeQuery.Request(question=question), timeout_s)
+
+    def cancel_task(self, timeout_s: float = 5.0) -> Trigger.Response | None:
+        """Cancel the task the planner is running (/cancel_task), however it was sent."""
+        return call_service(self.cancel_client, Trigger.Request(), timeout_s)
 
     def close(self):
         # Stop spinning before tearing down, or the spin thread races the node's destruction.
