@@ -308,3 +308,11 @@ def test_one_batch_for_many_texts_gives_what_one_inference_per_text_gives(demo_w
         assert np.allclose(together.pick_heatmap, alone.pick_heatmap, atol=1e-6)
     assert agent.affordances(colour, height, texts) == pytest.approx([p.confidence for p in batched])
     assert agent.affordances(colour, height, []) == []
+
+
+def test_roc_auc_counts_pairs_and_ties():
+    from ros_vla.cliport.eval import roc_auc
+
+    assert roc_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert roc_auc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5

@@ -212,11 +212,14 @@ def test_int8_action_decoder_keeps_the_shipped_policys_tokens():
     """The int8 decoder (onnxruntime-int8) against the float one, on the shipped policy: it
     is a quantised variant, so the figure is an agreement rate, measured, not equality."""
     from ros_vla.models import shipped
-    from ros_vla.rt1.runtime import load_policy
+    from ros_vla.rt1.runtime import load_policy, quantize_action_decoder
 
     folder = shipped("rt1_small")
     exact, int8 = load_policy(folder, "onnxruntime"), load_policy(folder, "onnxruntime-int8")
     assert int8.backend.name.endswith("int8")
+    # Int8 weights, not the float graph again: a quarter of its bytes, about.
+    graphs = OnnxModel.in_directory(folder)
+    assert quantize_action_decoder(graphs).stat().st_size < 0.5 * graphs.action_decoder.stat().st_size
     rng = np.random.default_rng(3)
     embedding = MiniLMInstructionEncoder().embed(["pick up the red block"])[0]
     base = rng.integers(0, 256, (int8.config.image_size, int8.config.image_size, 3), dtype=np.uint8)

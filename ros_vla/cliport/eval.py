@@ -86,11 +86,27 @@ def evaluate(agent: CLIPortAgent, task: Task, base_scene: SceneConfig, episodes:
             "failures": [o for o in outcomes if not o["success"]]}
 
 
+def roc_auc(present: np.ndarray, absent: np.ndarray) -> float:
+    """P(a present request scores above an absent one), ties counting half."""
+    above = (present[:, None] > absent[None, :]).mean()
+    return float(above + 0.5 * (present[:, None] == absent[None, :]).mean())
+
+
+def presence_statistics(prediction) -> dict[str, float]:
+    """Statistics of one prediction's maps that might tell a present object from an absent
+    one (higher = more present)."""
+    pick = prediction.pick_heatmap.ravel()
+    return {"confidence": prediction.confidence, "pick_confidence": prediction.pick_confidence,
+            "place_confidence": prediction.place_confidence, "pick_peak": float(pick.max()),
+            "pick_negative_entropy": float((pick * np.log(pick + 1e-12)).sum())}
+
+
 def grounding_check(agent: CLIPortAgent, base_scene: SceneConfig, episodes: int, threshold: float,
                     first_seed: int = EVAL_FIRST_SEED) -> dict:
     """How well confidence tells a request the scene can satisfy from one it cannot: on
     put-block-in-bowl scenes, the task's own instruction vs the same with a block colour
-    that is not on the table. Nothing is executed."""
+    that is not on the table. Nothing is executed. Also the ROC AUC of other statistics of
+    the maps (presence_statistics)."""
     task = get_task("put-block-in-bowl-seen-colors")
     present, absent = [], []
     for seed in range(first_seed, first_seed + episodes):
@@ -106,12 +122,19 @@ def grounding_check(agent: CLIPortAgent, base_scene: SceneConfig, episodes: int,
         on_table = {o.color for o in scene.objects}
         missing = next(c for c in base_scene.colors if c not in on_table)
         bowl = goal.container.split("_")[0]
-        present.append(agent.predict(colour, height, goal.instruction).confidence)
-        absent.append(agent.predict(colour, height, f"put the {missing} block in the {bowl} bowl").confidence)
+        here, gone = agent.predict_many(colour, height,
+                                        [goal.instruction, f"put the {missing} block in the {bowl} bowl"])
+        present.append(presence_statistics(here))
+        absent.append(presence_statistics(gone))
+    confidence_present = np.array([p["confidence"] for p in present])
+    confidence_absent = np.array([a["confidence"] for a in absent])
     return {"episodes": episodes, "threshold": threshold,
-            "present_median": float(np.median(present)), "absent_median": float(np.median(absent)),
-            "present_accepted": float(np.mean(np.array(present) >= threshold)),
-            "absent_refused": float(np.mean(np.array(absent) < threshold))}
+            "present_median": float(np.median(confidence_present)),
+            "absent_median": float(np.median(confidence_absent)),
+            "present_accepted": float(np.mean(confidence_present >= threshold)),
+            "absent_refused": float(np.mean(confidence_absent < threshold)),
+            "roc_auc": {name: roc_auc(np.array([p[name] for p in present]), np.array([a[name] for a in absent]))
+                        for name in present[0]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               f"named block is there, {check['absent_median']:.2f} when its colour is absent; at threshold "
               f"{args.threshold:.2f}: {check['present_accepted'] * 100:.0f}% accepted, "
               f"{check['absent_refused'] * 100:.0f}% of impossible requests refused")
+        print("present vs absent, ROC AUC: " + ", ".join(f"{name} {auc:.3f}" for name, auc in check["roc_auc"].items()))
     if args.json:
         print(json.dumps(result))
     return 0

@@ -137,6 +137,12 @@ class ActionOutcome:
     def canceled(self) -> bool:
         return self.status == GoalStatus.STATUS_CANCELED
 
+    def verdict(self) -> tuple[bool, str]:
+        """(success, message) of a result with those fields; (False, why) without one."""
+        if self.result is None:
+            return False, self.message
+        return self.result.success, self.result.message
+
 
 class ServerWatch:
     """Whether the action server that had a goal has died since, so its result will never

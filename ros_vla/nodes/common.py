@@ -247,6 +247,12 @@ class SkillRequest:
     report: Callable[[str, float], None] = lambda phase, progress: None  # phase, progress 0..1
 
 
+def skill_goal(executor: str, text: str, args: dict) -> ExecuteSkill.Goal:
+    """The ExecuteSkill goal for one skill call; argument values go as text."""
+    return ExecuteSkill.Goal(skill=executor, text=text, args=[KeyValue(key=str(k), value=str(v))
+                                                              for k, v in args.items()])
+
+
 class SkillServer:
     """A skill node's side of the skill protocol for its executor (e.g. "pick_place"):
     - the skill/<executor> action (ros_vla_interfaces/ExecuteSkill): feedback, result, cancel;

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from diagnostic_msgs.msg import KeyValue
 from rclpy.node import Node
 from ros_vla_interfaces.action import ExecuteSkill, GoToStation, RunTask
 from ros_vla_interfaces.msg import SkillScore, TaskStatus
@@ -30,7 +29,7 @@ from std_srvs.srv import Trigger
 
 from ros_vla import protocol
 from ros_vla.nodes.actions import ActionCaller, GoalRun, WorkerActionServer
-from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, QueueWorker, TaskJournal
+from ros_vla.nodes.common import COMMAND_QOS, STATUS_QOS, QueueWorker, TaskJournal, skill_goal
 
 DIAGNOSTIC_LEVELS = {"failed": "warn", "refused": "warn", "canceled": "warn", "stopped": "error"}
 
@@ -101,13 +100,9 @@ class Task:
         caller = self.runner.skills.get(executor)
         if caller is None:
             return False, f"no executor for '{executor}' skills"
-        goal = ExecuteSkill.Goal(skill=executor, text=text,
-                                 args=[KeyValue(key=str(k), value=str(v)) for k, v in args.items()])
-        outcome = caller.call(goal, self.runner.skill_timeout_s, cancel=self.canceled)
+        outcome = caller.call(skill_goal(executor, text, args), self.runner.skill_timeout_s, cancel=self.canceled)
         self.check_interrupted(text)
-        if outcome.result is None:
-            return False, outcome.message
-        return outcome.result.success, outcome.result.message
+        return outcome.verdict()
 
     def navigate(self, station: str) -> tuple[bool, str]:
         what = f"go to the {station}"
@@ -115,9 +110,7 @@ class Task:
         outcome = self.runner.base.call(GoToStation.Goal(station=station), self.runner.navigation_timeout_s,
                                         cancel=self.canceled)
         self.check_interrupted(what)
-        if outcome.result is None:
-            return False, outcome.message
-        return outcome.result.success, outcome.result.message
+        return outcome.verdict()
 
 
 class TaskRunner:

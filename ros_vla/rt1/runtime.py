@@ -156,7 +156,7 @@ class OnnxRuntimeBackend:
                  int8_decoder: bool = False):
         """`int8_decoder`: the action decoder with int8 weights (dynamic quantisation of its
         MatMuls, quantize_action_decoder); the frame encoder stays float (int8 convolutions
-        made the EfficientNet slower here: 80 against 42 ms)."""
+        made the EfficientNet about twice as slow in a one-off trial)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()

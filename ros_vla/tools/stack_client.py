@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import KeyValue
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from ros_vla_interfaces.action import ExecuteSkill, RunTask
@@ -27,7 +26,7 @@ from std_srvs.srv import Trigger
 
 from ros_vla import protocol
 from ros_vla.nodes.actions import ActionCaller, ActionOutcome, call_service
-from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS
+from ros_vla.nodes.common import COMMAND_QOS, SENSOR_QOS, STATUS_QOS, skill_goal
 from ros_vla.paths import use_project_dds_profile
 from ros_vla.perception.ros_messages import image_array
 
@@ -201,12 +200,7 @@ class StackClient:
         if executor not in self._skill_actions:
             self._skill_actions[executor] = ActionCaller(self.node, ExecuteSkill, f"/skill/{executor}",
                                                          f"'{executor}' skill")
-        goal = ExecuteSkill.Goal(skill=executor, text=text, args=[KeyValue(key=k, value=str(v))
-                                                                   for k, v in args.items()])
-        outcome = self._skill_actions[executor].call(goal, timeout_s, cancel=cancel)
-        if outcome.result is None:
-            return False, outcome.message
-        return outcome.result.success, outcome.result.message
+        return self._skill_actions[executor].call(skill_goal(executor, text, args), timeout_s, cancel=cancel).verdict()
 
     def affordances(self, texts: list[str], timeout_s: float = 10.0) -> AffordanceQuery.Response | None:
         """CLIPort's p(success) per skill text, in one cliport/affordance call."""
