@@ -30,11 +30,14 @@ class Spun:
 
 
 @pytest.fixture
-def pair():
+def pair(request):
+    # Names of their own per test: a server the previous test destroyed may still be listed
+    # under its name for a moment, and ServerWatch would take its successor for a respawn.
     isolated_domain(29)
     context = rclpy.Context()
     rclpy.init(context=context)
-    server, client = Spun(context, "actions_test_server"), Spun(context, "actions_test_client")
+    name = request.node.name.removeprefix("test_")[:40]
+    server, client = Spun(context, f"server_{name}"), Spun(context, f"client_{name}")
     yield server, client
     client.close()
     server.close()
@@ -95,13 +98,17 @@ def make_station_server(node, hold_s: float):
         threading.Thread(target=work, daemon=True).start()
         return ""
 
-    return WorkerActionServer(node, GoToStation, "/go", submit)
+    return WorkerActionServer(node, GoToStation, action_name(node), submit)
+
+
+def action_name(server_node) -> str:
+    return f"/{server_node.get_name()}/go"
 
 
 def test_action_caller_gets_feedback_and_the_result(pair):
     server, client = pair
     make_station_server(server.node, 0.5)
-    caller = ActionCaller(client.node, GoToStation, "/go", "test")
+    caller = ActionCaller(client.node, GoToStation, action_name(server.node), "test")
     feedback = []
     outcome = caller.call(GoToStation.Goal(station="table"), 10.0, feedback=feedback.append)
     assert outcome.succeeded and outcome.result.message == "there"
@@ -111,7 +118,7 @@ def test_action_caller_gets_feedback_and_the_result(pair):
 def test_canceling_through_the_caller_ends_the_goal_canceled(pair):
     server, client = pair
     make_station_server(server.node, 30.0)
-    caller = ActionCaller(client.node, GoToStation, "/go", "test")
+    caller = ActionCaller(client.node, GoToStation, action_name(server.node), "test")
     cancel = threading.Event()
     later(0.5, cancel.set)
     started = time.monotonic()
@@ -123,7 +130,8 @@ def test_canceling_through_the_caller_ends_the_goal_canceled(pair):
 def test_a_refused_goal_is_aborted_with_the_reason(pair):
     server, client = pair
     make_station_server(server.node, 0.5)
-    outcome = ActionCaller(client.node, GoToStation, "/go", "test").call(GoToStation.Goal(station="nowhere"), 10.0)
+    caller = ActionCaller(client.node, GoToStation, action_name(server.node), "test")
+    outcome = caller.call(GoToStation.Goal(station="nowhere"), 10.0)
     assert not outcome.succeeded and not outcome.canceled and outcome.result.message == "unknown station"
 
 
